@@ -1,0 +1,194 @@
+"""All cache logic: Redis access that fails open, single-flight loads, key layout.
+
+Redis is a cache here, never the source of truth: any Redis error or timeout
+is logged and treated as a miss, and after a failure Redis is skipped for a
+short cool-down so a dead or hung Redis costs one timeout, not one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from serve_app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Stored for a looked-up id that does not exist, so a flood of requests for a
+# missing user does not reach PostgreSQL either.
+_MISSING = {"__missing__": True}
+
+
+def create_redis(settings: Settings, url: str) -> Redis:
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": settings.redis_connect_timeout_s,
+        # redis-py retries by default; a retry against a hung server only
+        # multiplies the wait.
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 30,
+        "decode_responses": False,
+    }
+    if url.startswith("rediss://") and settings.redis_ssl_ca_certs:
+        kwargs["ssl_ca_certs"] = str(settings.redis_ssl_ca_certs)
+    return Redis.from_url(url, **kwargs)
+
+
+class Cache:
+    def __init__(self, redis: Redis | None, prefix: str, breaker_cooldown_s: float = 2.0) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._cooldown = breaker_cooldown_s
+        self._skip_until = 0.0
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+
+    # -- state -------------------------------------------------------------
+    @property
+    def available(self) -> bool:
+        return self._redis is not None and time.monotonic() >= self._skip_until
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        self.errors += 1
+        if time.monotonic() >= self._skip_until:
+            log.warning("redis %s failed (%s: %s); serving without cache for %.1fs",
+                        op, type(exc).__name__, exc, self._cooldown)
+        self._skip_until = time.monotonic() + self._cooldown
+
+    async def ping(self) -> bool:
+        """Always asks Redis (readiness must notice recovery), and closes the breaker on success."""
+        if self._redis is None:
+            return False
+        try:
+            await self._redis.ping()
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed("ping", exc)
+            return False
+        self._skip_until = 0.0
+        return True
+
+    def key(self, *parts: object) -> str:
+        return ":".join([self._prefix, *(str(p) for p in parts)])
+
+    # -- primitives (fail open) --------------------------------------------
+    async def get_json(self, key: str) -> Any | None:
+        if not self.available:
+            return None
+        try:
+            raw = await self._redis.get(key)  # type: ignore[union-attr]
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed("get", exc)
+            return None
+        return None if raw is None else json.loads(raw)
+
+    async def set_json(self, key: str, value: Any, ttl_s: int) -> None:
+        if not self.available or ttl_s <= 0:
+            return
+        try:
+            await self._redis.set(key, json.dumps(value, separators=(",", ":")), ex=ttl_s)  # type: ignore[union-attr]
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed("set", exc)
+
+    async def delete(self, *keys: str) -> None:
+        if not self.available:
+            return
+        try:
+            await self._redis.delete(*keys)  # type: ignore[union-attr]
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed("delete", exc)
+
+    async def incr(self, key: str) -> None:
+        if not self.available:
+            return
+        try:
+            await self._redis.incr(key)  # type: ignore[union-attr]
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed("incr", exc)
+
+    async def get_int(self, key: str) -> int:
+        value = await self.get_json(key)
+        return int(value) if value is not None else 0
+
+    # -- read-through with single flight ---------------------------------------
+    async def get_or_load(
+        self, key: str, loader: Callable[[], Awaitable[Any]], ttl_s: int, *, cache_none: bool = False
+    ) -> Any:
+        """Return the cached value or load it once for all concurrent callers.
+
+        Concurrent misses of one key in this process share one loader call, so a
+        burst on a cold key costs one database query per replica.
+        """
+        if ttl_s <= 0:
+            return await loader()
+        pending = self._inflight.get(key)
+        if pending is not None:
+            self.hits += 1
+            value = await asyncio.shield(pending)
+        else:
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            # Registered before the Redis read, so a burst costs one Redis GET
+            # and at most one loader call.
+            self._inflight[key] = fut
+            try:
+                value = await self._read_through(key, loader, ttl_s, cache_none)
+            except BaseException as exc:
+                fut.set_exception(exc)
+                # Waiters re-raise it; mark it retrieved so an unwaited future
+                # does not log "exception was never retrieved".
+                fut.exception()
+                raise
+            else:
+                fut.set_result(value)
+            finally:
+                self._inflight.pop(key, None)
+        return None if value == _MISSING else value
+
+    async def _read_through(
+        self, key: str, loader: Callable[[], Awaitable[Any]], ttl_s: int, cache_none: bool
+    ) -> Any:
+        cached = await self.get_json(key)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        self.misses += 1
+        value = await loader()
+        if value is not None or cache_none:
+            value = _MISSING if value is None else value
+            await self.set_json(key, value, ttl_s)
+        return value
+
+    # -- users key layout --------------------------------------------------
+    def user_key(self, user_id: int) -> str:
+        return self.key("user", user_id)
+
+    def users_generation_key(self) -> str:
+        return self.key("users", "gen")
+
+    async def users_list_key(self, limit: int, offset: int) -> str:
+        # Creating a user bumps the generation: every older list key becomes
+        # unreachable at once (O(1)) and expires by its TTL.
+        gen = await self.get_int(self.users_generation_key())
+        return self.key("users", "list", gen, limit, offset)
+
+    async def invalidate_after_create(self, user_id: int) -> None:
+        await self.incr(self.users_generation_key())
+        # A "missing" marker may be cached for the id that now exists.
+        await self.delete(self.user_key(user_id))
+
+    # -- answers key layout ------------------------------------------------
+    def answer_key(self, model: str, question: str, params: dict[str, Any]) -> str:
+        normalized = " ".join(question.split()).casefold()
+        material = json.dumps({"m": model, "q": normalized, "p": params}, sort_keys=True)
+        return self.key("answer", hashlib.sha256(material.encode()).hexdigest())

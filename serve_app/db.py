@@ -1,0 +1,138 @@
+"""PostgreSQL connection pool and schema migrations.
+
+Migrations are ordered ``sql/migrations/NNNN_name.sql`` files applied once each,
+inside one transaction holding an advisory lock, so replicas that start together
+apply them exactly once and the others wait, then see them applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from serve_app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+MIGRATIONS_DIR = SQL_DIR / "migrations"
+# Any constant shared by every replica works; this spells "qa-migrations".
+MIGRATION_LOCK_ID = 0x71612D6D6967
+
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+# Errors that mean "the database cannot serve right now" rather than a bug.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    TimeoutError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.PostgresConnectionError,
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    migrations = []
+    for path in sorted(directory.iterdir()):
+        m = _MIGRATION_FILE.match(path.name)
+        if not m:
+            continue
+        migrations.append(Migration(int(m.group(1)), m.group(2), path.read_text()))
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"duplicate migration versions in {directory}")
+    return migrations
+
+
+async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[int]:
+    """Apply pending migrations; returns the versions applied by this call."""
+    migrations = load_migrations() if migrations is None else migrations
+    applied_now: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version    INTEGER     PRIMARY KEY,
+                   name       TEXT        NOT NULL,
+                   applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for m in migrations:
+            if m.version in done:
+                continue
+            log.info("applying migration %04d_%s", m.version, m.name)
+            await conn.execute(m.sql)
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name)
+            applied_now.append(m.version)
+    return applied_now
+
+
+def ssl_argument(settings: Settings) -> ssl.SSLContext | str | bool | None:
+    mode = settings.database_sslmode
+    if mode == "disable":
+        return False
+    if mode == "verify-full":
+        ctx = ssl.create_default_context(
+            cafile=str(settings.database_ssl_root_cert) if settings.database_ssl_root_cert else None
+        )
+        return ctx
+    return mode  # asyncpg understands "prefer" and "require" as libpq does
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Server-side guard too, so a statement the client gave up on stops
+    # holding locks and a worker on the server.
+    await conn.execute("SET statement_timeout = 5000")
+
+
+async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+    """A pool that does not connect eagerly, so the service starts while the
+    database is down and recovers by itself when it returns."""
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=settings.db_pool_max_size,
+        timeout=settings.db_connect_timeout_s,
+        command_timeout=settings.db_command_timeout_s,
+        ssl=ssl_argument(settings),
+        init=_init_connection,
+        # Connections that die while the database restarts are replaced on
+        # the next acquire instead of failing the request that gets them.
+        max_inactive_connection_lifetime=60,
+    )
+
+
+async def connect(settings: Settings, dsn: str) -> asyncpg.Connection:
+    return await asyncpg.connect(
+        dsn,
+        timeout=settings.db_connect_timeout_s,
+        command_timeout=max(settings.db_command_timeout_s, 30.0),
+        ssl=ssl_argument(settings),
+    )
+
+
+async def migrate(settings: Settings, dsn: str) -> list[int]:
+    conn = await connect(settings, dsn)
+    try:
+        return await apply_migrations(conn)
+    finally:
+        await conn.close()

@@ -1,0 +1,288 @@
+"""How the ingress talks to the model pools (Ray Serve LLM deployments).
+
+Each model has pools (e.g. ``gpu`` then ``cpu``) tried in preference order. A
+pool is skipped when it has no running replica (absent or still scaling up)
+and handed over when it is full: its deployment's ``max_queued_requests``
+makes Serve reject at once (``BackPressureError``) instead of queueing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from serve_app.errors import DeadlineExceeded, DependencyUnavailable, InvalidInput, NotFound, Overloaded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChatResult:
+    body: dict[str, Any]  # an OpenAI chat.completion object
+    pool: str
+
+
+@dataclass
+class ChatStream:
+    chunks: AsyncIterator[str]  # OpenAI SSE lines: "data: {...}\n\n"
+    pool: str
+
+
+class LLMBackend(Protocol):
+    """What the ingress needs from the model side; a fake implements it in unit tests."""
+
+    def model_ids(self) -> list[str]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def chat(self, model_id: str, request: dict[str, Any], deadline_s: float) -> ChatResult: ...
+
+    async def chat_stream(self, model_id: str, request: dict[str, Any], deadline_s: float) -> ChatStream: ...
+
+
+@dataclass
+class Pool:
+    name: str
+    deployment_name: str
+    handle: Any  # DeploymentHandle of the pool's LLMServer deployment
+    can_scale_from_zero: bool
+    running: int = 0
+    wake: Any = None  # the outstanding wake-up call, if any
+    spilled: int = 0
+    stream: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # LLMServer.chat is an async generator: it must be called streaming.
+        self.stream = self.handle.options(stream=True)
+
+
+def _engine_request(model_id: str, request: dict[str, Any], stream: bool) -> Any:
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+    body = {**request, "model": model_id, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    # vLLM needs unique ids; the prefix keeps the client's request id in the
+    # engine's logs.
+    from serve_app.request_id import current_request_id
+
+    rid = current_request_id() or uuid.uuid4().hex
+    body["request_id"] = f"{rid}-{uuid.uuid4().hex[:8]}"
+    try:
+        return ChatCompletionRequest(**body)
+    except Exception as exc:  # pydantic ValidationError from vLLM's protocol model
+        raise InvalidInput("invalid chat completion request", details=str(exc)[:2000]) from exc
+
+
+def _raise_engine_error(err: Any) -> None:
+    """Map an ErrorResponse from the engine to our hierarchy."""
+    e = getattr(err, "error", err)
+    code = int(getattr(e, "code", 500) or 500)
+    message = str(getattr(e, "message", "model error"))[:500]
+    if code in (400, 422):
+        raise InvalidInput(message)
+    if code == 404:
+        raise NotFound(message)
+    raise DependencyUnavailable(f"model error: {message}")
+
+
+class ServeLLMBackend:
+    """Routes chat requests across pools of Ray Serve LLM deployments."""
+
+    def __init__(
+        self,
+        pools_by_model: dict[str, list[Pool]],
+        *,
+        app_name: str | None,
+        wake_idle_pools: bool,
+        refresh_s: float,
+    ) -> None:
+        self._pools = pools_by_model
+        self._app_name = app_name
+        self._wake_idle_pools = wake_idle_pools
+        self._refresh_s = refresh_s
+        self._task: asyncio.Task[None] | None = None
+        self._last_refresh = 0.0
+
+    def model_ids(self) -> list[str]:
+        return list(self._pools)
+
+    # -- pool state -----------------------------------------------------------
+    async def start(self) -> None:
+        await self._refresh()
+        self._task = asyncio.create_task(self._refresh_loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        for pools in self._pools.values():
+            for p in pools:
+                if p.wake is not None:
+                    p.wake.cancel()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                await self._refresh()
+            except Exception:  # keep the loop alive; stale counts are still usable
+                log.exception("refreshing LLM pool status failed")
+
+    async def _refresh(self) -> None:
+        from ray import serve
+
+        # The controller knows which replicas are RUNNING; the handle does not
+        # expose it. One call per interval per ingress replica is cheap.
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(self._app_name) if self._app_name else None
+        deployments = app.deployments if app else {}
+        for pools in self._pools.values():
+            for p in pools:
+                d = deployments.get(p.deployment_name)
+                states = d.replica_states if d else {}
+                p.running = int(states.get("RUNNING", 0))
+        self._last_refresh = time.monotonic()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            model: {p.name: {"running_replicas": p.running, "spilled": p.spilled} for p in pools}
+            for model, pools in self._pools.items()
+        }
+
+    def _pools_for(self, model_id: str) -> list[Pool]:
+        pools = self._pools.get(model_id)
+        if pools is None:
+            raise NotFound(f"unknown model {model_id!r}; see GET /v1/models")
+        return pools
+
+    def _wake(self, pool: Pool) -> None:
+        """Queue one cheap call on an idle pool: Serve's autoscaler counts queued
+        requests, so this scales it up from zero while others answer."""
+        if not self._wake_idle_pools or not pool.can_scale_from_zero:
+            return
+        if pool.wake is not None and not pool.wake.done():
+            return
+        try:
+            pool.wake = asyncio.ensure_future(self._await_wake(pool))
+        except Exception:
+            log.exception("waking pool %s failed", pool.name)
+
+    async def _await_wake(self, pool: Pool) -> None:
+        from ray.serve.exceptions import BackPressureError
+
+        try:
+            await pool.handle.llm_config.remote()
+        except (BackPressureError, asyncio.CancelledError):
+            pass
+        except Exception as exc:
+            log.info("wake call to pool %s ended: %s", pool.name, exc)
+
+    # -- calls ----------------------------------------------------------------
+    async def _first(self, model_id: str, engine_request: Any) -> tuple[Any, Any, Pool]:
+        """Send to the first pool that accepts; return (response_gen, first_item, pool)."""
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        pools = self._pools_for(model_id)
+        for pool in pools:
+            if pool.running == 0:
+                self._wake(pool)
+        ready = [p for p in pools if p.running > 0]
+        if not ready:
+            raise DependencyUnavailable("the model is starting up; retry shortly", retry_after_s=10)
+        for pool in ready:
+            gen = pool.stream.chat.remote(engine_request)
+            try:
+                first = await gen.__anext__()
+            except BackPressureError:
+                pool.spilled += 1
+                log.info("pool %s is full; trying the next pool", pool.name)
+                continue
+            except DeploymentUnavailableError as exc:
+                log.warning("pool %s unavailable: %s", pool.name, exc)
+                continue
+            except StopAsyncIteration as exc:
+                raise DependencyUnavailable("the model returned nothing") from exc
+            return gen, first, pool
+        raise Overloaded("all model replicas are busy; retry shortly", retry_after_s=2)
+
+    async def chat(self, model_id: str, request: dict[str, Any], deadline_s: float) -> ChatResult:
+        from ray.exceptions import RayError
+
+        engine_request = _engine_request(model_id, request, stream=False)
+        gen = None
+        try:
+            async with asyncio.timeout(deadline_s):
+                gen, first, pool = await self._first(model_id, engine_request)
+                item = first[0] if isinstance(first, list) else first
+                if _is_error(item):
+                    _raise_engine_error(item)
+                # Drain so the replica's generator finishes cleanly.
+                async for _ in gen:
+                    pass
+        except TimeoutError as exc:
+            if gen is not None:
+                gen.cancel()
+            raise DeadlineExceeded(f"no answer within {deadline_s:g}s; the generation was cancelled") from exc
+        except RayError as exc:
+            raise DependencyUnavailable("model replica failed; retry shortly") from exc
+        return ChatResult(body=item.model_dump(mode="json"), pool=pool.name)
+
+    async def chat_stream(self, model_id: str, request: dict[str, Any], deadline_s: float) -> ChatStream:
+        from ray.exceptions import RayError
+
+        engine_request = _engine_request(model_id, request, stream=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadline_s
+        try:
+            async with asyncio.timeout(deadline_s):
+                gen, first, pool = await self._first(model_id, engine_request)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(f"no answer within {deadline_s:g}s") from exc
+        except RayError as exc:
+            raise DependencyUnavailable("model replica failed; retry shortly") from exc
+        items = first if isinstance(first, list) else [first]
+        if items and _is_error(items[0]):
+            gen.cancel()
+            _raise_engine_error(items[0])
+
+        async def chunks() -> AsyncIterator[str]:
+            finished = False
+            try:
+                for it in items:
+                    yield _as_sse(it)
+                async with asyncio.timeout_at(deadline):
+                    async for batch in gen:
+                        for it in batch if isinstance(batch, list) else [batch]:
+                            yield _as_sse(it)
+                finished = True
+            except TimeoutError as exc:
+                raise DeadlineExceeded(f"no answer within {deadline_s:g}s; the generation was cancelled") from exc
+            finally:
+                # Client gone, deadline hit or any error: abort the generation
+                # on the engine instead of letting it run to max_tokens.
+                if not finished:
+                    gen.cancel()
+
+        return ChatStream(chunks=chunks(), pool=pool.name)
+
+
+def _is_error(item: Any) -> bool:
+    return type(item).__name__ == "ErrorResponse"
+
+
+def _as_sse(item: Any) -> str:
+    if isinstance(item, str):
+        return item if item.endswith("\n\n") else item + "\n\n"
+    if _is_error(item):
+        return "data: " + json.dumps({"error": item.model_dump(mode="json").get("error")}) + "\n\n"
+    return "data: " + item.model_dump_json() + "\n\n"

@@ -1,0 +1,56 @@
+"""Request id: accepted from ``X-Request-Id`` or generated, echoed on every response.
+
+A pure ASGI middleware (not BaseHTTPMiddleware) so streaming responses are not
+buffered and the per-request cost stays small.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# Client-supplied ids end up in logs and headers: keep them short and inert.
+_VALID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def current_request_id() -> str | None:
+    return _request_id.get()
+
+
+def accept_or_generate(candidate: str | None) -> str:
+    if candidate and _VALID.match(candidate):
+        return candidate
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        supplied = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                supplied = value.decode("latin-1")
+                break
+        rid = accept_or_generate(supplied)
+        token = _request_id.set(rid)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers.append((b"x-request-id", rid.encode("latin-1")))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            _request_id.reset(token)

@@ -1,0 +1,69 @@
+"""Request and response bodies of the public HTTP API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    email: EmailStr = Field(max_length=254)
+
+    @field_validator("email", mode="before")
+    @classmethod
+    def _length_first(cls, value: Any) -> Any:
+        # Checked before EmailStr parses it, so a huge string is rejected
+        # cheaply and with a clear reason.
+        if isinstance(value, str) and len(value) > 254:
+            raise ValueError("email must be at most 254 characters")
+        return value
+
+
+class User(BaseModel):
+    id: int
+    name: str
+    email: str
+
+
+class QuestionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=4000)
+    max_tokens: int | None = Field(default=None, ge=1, le=512)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("question must not be blank")
+        return value
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class QuestionResponse(BaseModel):
+    question: str
+    answer: str
+    model: str
+    usage: Usage | None = None
+    cached: bool = False
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, Any]

@@ -1,0 +1,18 @@
+-- The current schema, as the ordered migrations in sql/migrations/ leave it.
+-- Reference for readers and reviewers; the service applies the migrations, and
+-- tests/integration/test_migrations.py checks that both produce the same catalog.
+
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER     PRIMARY KEY,
+    name       TEXT        NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS users (
+    id         BIGSERIAL PRIMARY KEY,
+    name       TEXT        NOT NULL CHECK (char_length(name) BETWEEN 1 AND 200),
+    email      TEXT        NOT NULL CHECK (char_length(email) BETWEEN 3 AND 254),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS users_email_lower_key ON users (lower(email));

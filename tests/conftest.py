@@ -1,0 +1,92 @@
+"""Shared fixtures: each test gets its own PostgreSQL database and Redis key prefix."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from asgi_lifespan import LifespanManager
+
+from serve_app.config import AppArgs
+from serve_app.ingress import create_app
+from serve_app.settings import Settings
+
+# The machine's shared services (trust auth). Tests never stop them; fault
+# tests start throwaway servers of their own.
+PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def pg_dsn(dbname: str) -> str:
+    return f"postgresql://postgres@127.0.0.1:5432/{dbname}"
+
+
+async def create_database() -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def drop_prefix(prefix: str) -> None:
+    r = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in r.scan_iter(match=f"{prefix}:*", count=500)]
+        if keys:
+            await r.delete(*keys)
+    finally:
+        await r.aclose()
+
+
+@pytest.fixture
+async def database() -> AsyncIterator[str]:
+    name = await create_database()
+    yield pg_dsn(name)
+    await drop_database(name)
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    await drop_prefix(prefix)
+
+
+@pytest.fixture
+def settings(database: str, redis_prefix: str) -> Settings:
+    return Settings(database_url=database, redis_url=REDIS_URL, redis_key_prefix=redis_prefix, database_sslmode="disable")
+
+
+@pytest.fixture
+def app_args() -> AppArgs:
+    return AppArgs()
+
+
+async def open_client(app) -> AsyncIterator[httpx.AsyncClient]:
+    async with LifespanManager(app, startup_timeout=30) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            # The lifespan state (repository, cache), for tests that count queries.
+            client.app_state = manager._state  # type: ignore[attr-defined]
+            yield client
+
+
+@pytest.fixture
+async def client(app_args: AppArgs, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in open_client(create_app(app_args, settings)):
+        yield c
