@@ -74,10 +74,6 @@ def ray_env(urls: dict[str, str]) -> dict[str, str]:
     return child_env(
         {
             "HF_HUB_OFFLINE": "1",
-            # The throughput-optimized proxy path (measured here: ~9x the
-            # requests/s of the default path on a trivial route).
-            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-            "RAY_SERVE_ENABLE_HA_PROXY": "1",
             **urls,
         }
     )

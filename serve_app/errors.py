@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.request_id import current_request_id
 
@@ -119,8 +120,6 @@ def error_response(
     out_headers = dict(headers or {})
     if retry_after_s is not None:
         out_headers["Retry-After"] = str(retry_after_s)
-    if rid:
-        out_headers["X-Request-Id"] = rid
     return JSONResponse(body, status_code=status_code, headers=out_headers)
 
 
@@ -157,7 +156,31 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal error")
+
+
+class UnhandledErrorMiddleware:
+    """Turns an unexpected exception into the 500 envelope (with the request id,
+    which Starlette's outermost error middleware no longer knows)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error")
+            if started:  # mid-stream: nothing sane left to send
+                raise
+            await error_response(500, "internal_error", "internal error")(scope, receive, send)

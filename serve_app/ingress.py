@@ -16,11 +16,19 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve_app import db
 from serve_app.cache import Cache, create_redis
 from serve_app.config import AppArgs
-from serve_app.errors import AppError, DependencyUnavailable, InvalidInput, NotFound, install_error_handlers
+from serve_app.errors import (
+    AppError,
+    DependencyUnavailable,
+    InvalidInput,
+    NotFound,
+    UnhandledErrorMiddleware,
+    install_error_handlers,
+)
 from serve_app.llm_client import LLMBackend
 from serve_app.request_id import RequestIdMiddleware
 from serve_app.schemas import Health, QuestionRequest, QuestionResponse, Readiness, User, UserCreate
@@ -66,9 +74,15 @@ class Migrations:
             self._task.cancel()
 
 
-def create_app(args: AppArgs, settings: Settings, llm_factory: LLMFactory | None = None) -> FastAPI:
+def create_app(
+    args: AppArgs, settings: Settings, llm_factory: LLMFactory | None = None, *, behind_serve_proxy: bool = False
+) -> FastAPI:
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set (the run command sets it when it starts a local PostgreSQL)")
+
+    # Filled by the lifespan. Ray Serve runs the lifespan but, unlike uvicorn,
+    # does not copy its state into each request; _LifespanState does.
+    resources: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -80,13 +94,11 @@ def create_app(args: AppArgs, settings: Settings, llm_factory: LLMFactory | None
         llm = llm_factory() if llm_factory else None
         if llm is not None:
             await llm.start()
+        resources.update(
+            repo=UsersRepository(pool, settings.db_acquire_timeout_s), cache=cache, migrations=migrations, llm=llm
+        )
         try:
-            yield {
-                "repo": UsersRepository(pool, settings.db_acquire_timeout_s),
-                "cache": cache,
-                "migrations": migrations,
-                "llm": llm,
-            }
+            yield resources
         finally:
             if llm is not None:
                 await llm.stop()
@@ -103,24 +115,39 @@ def create_app(args: AppArgs, settings: Settings, llm_factory: LLMFactory | None
         redoc_url=None,
         openapi_url="/openapi.json" if args.docs_enabled else None,
     )
-    app.add_middleware(RequestIdMiddleware)
+    # Added first = innermost: unexpected errors become the envelope while the
+    # request id is still known.
+    app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(_LifespanState, resources=resources)
+    app.add_middleware(RequestIdMiddleware, behind_serve_proxy=behind_serve_proxy)
     install_error_handlers(app)
     _add_routes(app, args, settings)
     return app
 
 
+class _LifespanState:
+    def __init__(self, app: ASGIApp, resources: dict[str, Any]) -> None:
+        self.app = app
+        self.resources = resources
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["state"] = {**self.resources, **scope.get("state", {})}
+        await self.app(scope, receive, send)
+
+
 # -- dependencies ---------------------------------------------------------------
-def get_cache(request: Request) -> Cache:
+async def get_cache(request: Request) -> Cache:
     return request.state.cache
 
 
-def get_repo(request: Request) -> UsersRepository:
+async def get_repo(request: Request) -> UsersRepository:
     if not request.state.migrations.done:
         raise DependencyUnavailable("database schema is not ready yet")
     return request.state.repo
 
 
-def get_llm(request: Request) -> LLMBackend:
+async def get_llm(request: Request) -> LLMBackend:
     llm = request.state.llm
     if llm is None:
         raise NotFound("this deployment serves no model")
@@ -392,7 +419,7 @@ class Ingress:
                     refresh_s=llm_args.pool_status_refresh_s,
                 )
 
-        return create_app(self._args, settings, factory)
+        return create_app(self._args, settings, factory, behind_serve_proxy=True)
 
 
 def _preference(order: list[str], name: str) -> int:

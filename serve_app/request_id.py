@@ -28,8 +28,13 @@ def accept_or_generate(candidate: str | None) -> str:
 
 
 class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    """``behind_serve_proxy``: Ray Serve's proxy already picked the id (the
+    client's, or a fresh one), passes it in the header and adds it to the
+    response itself; use it unchanged and add no second header."""
+
+    def __init__(self, app: ASGIApp, behind_serve_proxy: bool = False) -> None:
         self.app = app
+        self.behind_serve_proxy = behind_serve_proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,6 +45,13 @@ class RequestIdMiddleware:
             if name == b"x-request-id":
                 supplied = value.decode("latin-1")
                 break
+        if self.behind_serve_proxy and supplied:
+            token = _request_id.set(supplied)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                _request_id.reset(token)
+            return
         rid = accept_or_generate(supplied)
         token = _request_id.set(rid)
 

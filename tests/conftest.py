@@ -90,3 +90,21 @@ async def open_client(app) -> AsyncIterator[httpx.AsyncClient]:
 async def client(app_args: AppArgs, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async for c in open_client(create_app(app_args, settings)):
         yield c
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real Ray head for the whole session (started lazily by the tiers that need it)."""
+    from tests.serve_harness import LocalRay
+
+    cluster = LocalRay()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+async def session_database() -> AsyncIterator[str]:
+    name = await create_database()
+    yield pg_dsn(name)
+    await drop_database(name)
