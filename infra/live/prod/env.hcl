@@ -1,0 +1,32 @@
+# prod: same units as test; differs only by these values (GPU capacity, sizes,
+# NAT per AZ, deletion protection).
+locals {
+  project     = "qa"
+  environment = "prod"
+  name        = "qa-prod"
+  region      = "us-east-1"
+  azs         = ["us-east-1a", "us-east-1b"]
+  vpc_cidr    = "10.30.0.0/16"
+
+  single_nat_gateway  = false
+  deletion_protection = true
+
+  # Operators' egress ranges; replace before the first apply.
+  api_public_access_cidrs = ["203.0.113.0/24"]
+
+  cpu_node_group = { instance_types = ["m6i.2xlarge"], min_size = 3, max_size = 6, desired_size = 3 }
+  gpu_node_group = { instance_types = ["g5.xlarge"], min_size = 0, max_size = 4, desired_size = 2 }
+
+  aurora_min_acu        = 0.5
+  aurora_max_acu        = 8
+  aurora_instance_count = 2
+
+  redis_node_type          = "cache.m7g.large"
+  redis_num_cache_clusters = 2
+
+  tags = {
+    Project     = "qa"
+    Environment = "prod"
+    ManagedBy   = "terragrunt"
+  }
+}

@@ -1,0 +1,32 @@
+# test: CPU-only serving, smallest sizes, one NAT, nothing protected from destroy.
+locals {
+  project     = "qa"
+  environment = "test"
+  name        = "qa-test"
+  region      = "us-east-1"
+  azs         = ["us-east-1a", "us-east-1b"]
+  vpc_cidr    = "10.20.0.0/16"
+
+  single_nat_gateway  = true
+  deletion_protection = false
+
+  # Operators' egress ranges; replace before the first apply.
+  api_public_access_cidrs = ["203.0.113.0/24"]
+
+  cpu_node_group = { instance_types = ["m6i.xlarge"], min_size = 2, max_size = 3, desired_size = 2 }
+  # Kept at zero nodes: the GPU pool exists but costs nothing until scaled up.
+  gpu_node_group = { instance_types = ["g5.xlarge"], min_size = 0, max_size = 1, desired_size = 0 }
+
+  aurora_min_acu        = 0.5
+  aurora_max_acu        = 1
+  aurora_instance_count = 1
+
+  redis_node_type          = "cache.t4g.micro"
+  redis_num_cache_clusters = 1
+
+  tags = {
+    Project     = "qa"
+    Environment = "test"
+    ManagedBy   = "terragrunt"
+  }
+}

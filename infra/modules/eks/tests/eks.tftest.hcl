@@ -1,0 +1,138 @@
+mock_provider "aws" {
+  mock_data "aws_iam_policy_document" {
+    defaults = { json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}" }
+  }
+  mock_data "aws_region" {
+    defaults = { name = "us-east-1" }
+  }
+  mock_data "aws_partition" {
+    defaults = { partition = "aws" }
+  }
+  mock_data "aws_caller_identity" {
+    defaults = { account_id = "123456789012" }
+  }
+}
+
+variables {
+  name                = "qa-test"
+  vpc_id              = "vpc-0123456789abcdef0"
+  private_subnet_ids  = ["subnet-aaaa", "subnet-bbbb"]
+  public_access_cidrs = ["203.0.113.0/24"]
+  cpu_node_group      = { instance_types = ["m6i.xlarge"], min_size = 1, max_size = 3, desired_size = 2 }
+  gpu_node_group      = { instance_types = ["g5.xlarge"], min_size = 0, max_size = 1, desired_size = 0 }
+}
+
+run "cluster_hardening" {
+  command = plan
+
+  assert {
+    condition     = one(aws_eks_cluster.this.encryption_config).resources == toset(["secrets"])
+    error_message = "Kubernetes secrets must be envelope-encrypted with KMS."
+  }
+
+  assert {
+    condition     = aws_kms_key.this.enable_key_rotation
+    error_message = "The EKS KMS key must rotate."
+  }
+
+  assert {
+    condition     = length(aws_eks_cluster.this.enabled_cluster_log_types) == 5
+    error_message = "All control-plane log types must be enabled."
+  }
+
+  assert {
+    condition     = aws_eks_cluster.this.vpc_config[0].endpoint_private_access && aws_eks_cluster.this.vpc_config[0].public_access_cidrs == toset(["203.0.113.0/24"])
+    error_message = "API endpoint must be private plus an allow-listed public endpoint."
+  }
+
+  assert {
+    condition     = aws_eks_cluster.this.vpc_config[0].subnet_ids == toset(var.private_subnet_ids)
+    error_message = "The control plane must use the private subnets."
+  }
+}
+
+run "nodes_private_and_imdsv2" {
+  command = plan
+
+  assert {
+    condition     = alltrue([for ng in aws_eks_node_group.this : ng.subnet_ids == toset(var.private_subnet_ids)])
+    error_message = "Nodes must run in the private subnets only."
+  }
+
+  assert {
+    condition     = alltrue([for lt in aws_launch_template.node : lt.metadata_options[0].http_tokens == "required" && lt.metadata_options[0].http_put_response_hop_limit == 1])
+    error_message = "Nodes must require IMDSv2 with a hop limit of 1."
+  }
+
+  assert {
+    condition     = alltrue([for lt in aws_launch_template.node : lt.block_device_mappings[0].ebs[0].encrypted == "true"])
+    error_message = "Node root volumes must be encrypted."
+  }
+}
+
+run "gpu_node_group" {
+  command = plan
+
+  assert {
+    condition     = aws_eks_node_group.this["gpu"].ami_type == "AL2023_x86_64_NVIDIA"
+    error_message = "GPU nodes must use the NVIDIA AMI."
+  }
+
+  assert {
+    condition     = anytrue([for t in aws_eks_node_group.this["gpu"].taint : t.key == "nvidia.com/gpu" && t.effect == "NO_SCHEDULE"])
+    error_message = "GPU nodes must carry the nvidia.com/gpu NoSchedule taint."
+  }
+
+  assert {
+    condition     = aws_eks_node_group.this["gpu"].labels["workload-type"] == "gpu-inference"
+    error_message = "GPU nodes must be labelled workload-type=gpu-inference."
+  }
+
+  assert {
+    condition     = aws_eks_node_group.this["gpu"].scaling_config[0].min_size == 0
+    error_message = "The GPU group must be able to idle at zero nodes."
+  }
+
+  assert {
+    condition     = length(aws_eks_node_group.this["cpu"].taint) == 0
+    error_message = "CPU nodes must stay untainted (Ray head and CPU workers)."
+  }
+}
+
+run "lb_controller_irsa_scope" {
+  command = plan
+
+  # Computed issuer/ARN values must be known at plan time to inspect the trust policy.
+  override_resource {
+    target          = aws_eks_cluster.this
+    override_during = plan
+    values = {
+      identity              = [{ oidc = [{ issuer = "https://oidc.eks.us-east-1.amazonaws.com/id/EXAMPLE" }] }]
+      certificate_authority = [{ data = "Y2E=" }]
+    }
+  }
+
+  override_resource {
+    target          = aws_iam_openid_connect_provider.this
+    override_during = plan
+    values          = { arn = "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/EXAMPLE" }
+  }
+
+  assert {
+    condition = jsondecode(aws_iam_role.lb_controller.assume_role_policy).Statement[0].Condition.StringEquals == {
+      "oidc.eks.us-east-1.amazonaws.com/id/EXAMPLE:sub" = "system:serviceaccount:kube-system:aws-load-balancer-controller"
+      "oidc.eks.us-east-1.amazonaws.com/id/EXAMPLE:aud" = "sts.amazonaws.com"
+    }
+    error_message = "The LB controller role must only be assumable by its own service account."
+  }
+}
+
+run "public_endpoint_must_be_allow_listed" {
+  command = plan
+
+  variables {
+    public_access_cidrs = ["0.0.0.0/0"]
+  }
+
+  expect_failures = [var.public_access_cidrs]
+}

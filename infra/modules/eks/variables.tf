@@ -1,0 +1,64 @@
+variable "name" {
+  description = "Cluster name; also the prefix of every resource."
+  type        = string
+}
+
+variable "kubernetes_version" {
+  description = "EKS Kubernetes minor version."
+  type        = string
+  default     = "1.35"
+}
+
+variable "vpc_id" {
+  description = "VPC that hosts the cluster."
+  type        = string
+}
+
+variable "private_subnet_ids" {
+  description = "Private subnets for the control-plane ENIs and all nodes."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.private_subnet_ids) >= 2
+    error_message = "EKS needs subnets in at least two AZs."
+  }
+}
+
+variable "public_access_cidrs" {
+  description = "CIDRs allowed to reach the public API endpoint; empty disables the public endpoint entirely."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = !contains(var.public_access_cidrs, "0.0.0.0/0")
+    error_message = "The public API endpoint must be allow-listed, not open to 0.0.0.0/0."
+  }
+}
+
+variable "cpu_node_group" {
+  description = "CPU managed node group (Ray head and CPU workers)."
+  type = object({
+    instance_types = list(string)
+    min_size       = number
+    max_size       = number
+    desired_size   = number
+    disk_size_gb   = optional(number, 100)
+  })
+}
+
+variable "gpu_node_group" {
+  description = "GPU managed node group (vLLM GPU workers); min_size 0 lets it idle at no cost."
+  type = object({
+    instance_types = list(string)
+    min_size       = number
+    max_size       = number
+    desired_size   = number
+    disk_size_gb   = optional(number, 200)
+  })
+}
+
+variable "log_retention_days" {
+  description = "Retention of the control-plane log group in days."
+  type        = number
+  default     = 365
+}
