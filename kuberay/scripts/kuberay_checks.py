@@ -1,0 +1,534 @@
+"""Offline checks of the kuberay/ manifests (used by check.sh and tests/kuberay).
+
+* render: the real kustomize (Go library kustomize/api v0.21.3 through the
+  `pykustomize` wheel) - no kustomize/kubectl binary needed;
+* built-in kinds: kubernetes-validate --strict against the newest bundled Kubernetes;
+* custom resources: jsonschema against the CRDs' openAPIV3Schema from shared/crds
+  (made strict: additionalProperties false wherever the CRD lists properties and
+  does not preserve unknown fields), or a hand-written schema in kuberay/schemas,
+  or an entry of kuberay/crd-allowlist.yaml; anything else fails;
+* policy: what this service requires (pinned rayVersion, GPU group scheduling,
+  routes only to Serve's 8000, TLS policy, probes left to KubeRay, ...);
+* serveConfigV2 drift against serve_config.yaml (serve_app.kuberay_gen);
+* checkov on the rendered manifests plus the Ray pod templates extracted as Pods,
+  with skips (one reason each) from kuberay/checkov-skips.yaml;
+* Dockerfiles: pinned base, non-root USER, no `latest`.
+
+CLI: python kuberay/scripts/kuberay_checks.py  (exit 1 on any failure)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+KUBERAY = REPO_ROOT / "kuberay"
+SCHEMAS_DIR = KUBERAY / "schemas"
+ALLOWLIST = KUBERAY / "crd-allowlist.yaml"
+CHECKOV_SKIPS = KUBERAY / "checkov-skips.yaml"
+RAY_VERSION = "2.60.0"
+RAYSERVICE = "qa"
+SERVE_SVC = f"{RAYSERVICE}-serve-svc"
+FORBIDDEN_PORTS = {8265: "dashboard", 10001: "Ray client", 6379: "GCS", 52365: "dashboard agent"}
+TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+
+# name -> (kustomization dir or None, extra components). The namespaced monitoring
+# component is rendered on top of prod; the cluster-scoped Karpenter NodePool alone.
+VARIANTS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "test": ("overlays/test", ()),
+    "prod": ("overlays/prod", ()),
+    "prod+monitoring": ("overlays/prod", ("components/monitoring",)),
+    "karpenter-gpu": (None, ("components/karpenter-gpu",)),
+}
+
+
+def crds_dir() -> Path:
+    """shared/crds next to the repo (CI: ../shared/crds), overridable by KUBERAY_CRDS_DIR."""
+    env = os.environ.get("KUBERAY_CRDS_DIR")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "crds"
+
+
+def k8s_version() -> str:
+    import kubernetes_validate
+
+    return os.environ.get("KUBERAY_K8S_VERSION") or kubernetes_validate.latest_version()
+
+
+# --------------------------------------------------------------------------- render
+def kustomize_build(path: Path) -> list[dict[str, Any]]:
+    import pykustomize
+
+    result = asyncio.run(pykustomize.build(str(path)))
+    return [d for d in yaml.safe_load_all(result.yaml) if d]
+
+
+def render(variant: str) -> list[dict[str, Any]]:
+    base, components = VARIANTS[variant]
+    if base and not components:
+        return kustomize_build(KUBERAY / base)
+    with tempfile.TemporaryDirectory() as tmp:
+        # A throw-away kustomization adding the optional components to an overlay.
+        kustomization: dict[str, Any] = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "components": [os.path.relpath(KUBERAY / c, tmp) for c in components],
+        }
+        if base:
+            kustomization["namespace"] = "qa"
+            kustomization["resources"] = [os.path.relpath(KUBERAY / base, tmp)]
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+        return kustomize_build(Path(tmp))
+
+
+def kind_id(doc: dict[str, Any]) -> str:
+    meta = doc.get("metadata") or {}
+    return f"{doc.get('kind')}/{meta.get('namespace', '-')}/{meta.get('name')}"
+
+
+def find(docs: Iterable[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [d for d in docs if d.get("kind") == kind and (name is None or d["metadata"].get("name") == name)]
+
+
+# --------------------------------------------------------------------------- pods
+def pod_templates(rayservice: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    rc = rayservice["spec"]["rayClusterConfig"]
+    out = [("head", rc["headGroupSpec"]["template"])]
+    out += [(g["groupName"], g["template"]) for g in rc.get("workerGroupSpecs", [])]
+    return out
+
+
+def extract_pods(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The head and every worker pod template of each RayService, as `kind: Pod`."""
+    pods = []
+    for rs in find(docs, "RayService"):
+        meta = rs["metadata"]
+        for group, template in pod_templates(rs):
+            tmeta = template.get("metadata") or {}
+            pods.append({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{meta['name']}-{group}",
+                    "namespace": meta.get("namespace", "default"),
+                    "labels": dict(tmeta.get("labels") or {}),
+                },
+                "spec": copy.deepcopy(template["spec"]),
+            })
+    return pods
+
+
+# --------------------------------------------------------------------------- schemas
+def strictify(schema: Any) -> Any:
+    """additionalProperties: false wherever an object lists properties and neither
+    preserves unknown fields nor defines additionalProperties itself."""
+    if isinstance(schema, list):
+        return [strictify(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strictify(v) for k, v in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+@lru_cache(maxsize=None)
+def crd_schemas(directory: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> strict openAPIV3Schema, for every CRD under `directory`."""
+    root = Path(directory) if directory else crds_dir()
+    schemas: dict[tuple[str, str], dict[str, Any]] = {}
+    if not root.is_dir():
+        return schemas
+    for path in sorted(root.rglob("*.y*ml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = doc["spec"]["group"], doc["spec"]["names"]["kind"]
+            for version in doc["spec"]["versions"]:
+                schema = (version.get("schema") or {}).get("openAPIV3Schema")
+                if schema:
+                    schemas[(f"{group}/{version['name']}", kind)] = strictify(schema)
+    return schemas
+
+
+@lru_cache(maxsize=None)
+def hand_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    out = {}
+    for path in SCHEMAS_DIR.glob("*.json"):
+        group, version, kind = path.stem.split("_")
+        out[(f"{group}/{version}", kind)] = json.loads(path.read_text())
+    return out
+
+
+@lru_cache(maxsize=None)
+def allowlist() -> dict[tuple[str, str], str]:
+    entries = yaml.safe_load(ALLOWLIST.read_text()) or []
+    return {(e["apiVersion"], e["kind"]): e["reason"] for e in entries}
+
+
+def _schema_errors(schema: dict[str, Any], doc: dict[str, Any]) -> list[str]:
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(schema) if "$schema" not in schema else \
+        jsonschema.validators.validator_for(schema)(schema)
+    return [
+        f"{kind_id(doc)}: {'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message[:300]}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+
+
+def validate_doc(doc: dict[str, Any], notes: list[str] | None = None) -> list[str]:
+    """Schema errors of one document ([] = valid)."""
+    import kubernetes_validate
+
+    key = (doc.get("apiVersion", ""), doc.get("kind", ""))
+    if key in crd_schemas():
+        return _schema_errors(crd_schemas()[key], doc)
+    if key in hand_schemas():
+        return _schema_errors(hand_schemas()[key], doc)
+    if key in allowlist():
+        if notes is not None:
+            notes.append(f"{kind_id(doc)}: not schema-validated: {allowlist()[key]}")
+        return []
+    try:
+        kubernetes_validate.validate(doc, k8s_version(), strict=True)
+        return []
+    except kubernetes_validate.SchemaNotFoundError:
+        return [f"{kind_id(doc)}: no CRD in {crds_dir()}, no schema in kuberay/schemas, "
+                f"not in kuberay/crd-allowlist.yaml"]
+    except kubernetes_validate.ValidationError as e:
+        path = "/".join(str(p) for p in e.path) or "<root>"
+        return [f"{kind_id(doc)}: {path}: {e.message[:300]}"]
+
+
+def validate_docs(docs: Iterable[dict[str, Any]], notes: list[str] | None = None) -> list[str]:
+    errors: list[str] = []
+    for doc in docs:
+        errors += validate_doc(doc, notes)
+    return errors
+
+
+# --------------------------------------------------------------------------- policy
+def _containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
+
+
+def _gpu_limit(container: dict[str, Any]) -> bool:
+    return bool(((container.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu"))
+
+
+def policy_errors(docs: list[dict[str, Any]], overlay: str | None = None) -> list[str]:
+    errs: list[str] = []
+    services = find(docs, "RayService")
+    if len(services) != 1:
+        return [f"expected exactly one RayService, found {len(services)}"]
+    rs = services[0]
+    spec, rc = rs["spec"], rs["spec"]["rayClusterConfig"]
+    rid = kind_id(rs)
+    if rc.get("rayVersion") != RAY_VERSION:
+        errs.append(f"{rid}: rayVersion {rc.get('rayVersion')!r} != {RAY_VERSION!r}")
+    if (spec.get("upgradeStrategy") or {}).get("type") != "NewCluster":
+        errs.append(f"{rid}: upgradeStrategy.type must be NewCluster")
+    if not rc.get("enableInTreeAutoscaling"):
+        errs.append(f"{rid}: enableInTreeAutoscaling must be true")
+    auto = rc.get("autoscalerOptions") or {}
+    if "idleTimeoutSeconds" not in auto or "upscalingMode" not in auto:
+        errs.append(f"{rid}: autoscalerOptions needs idleTimeoutSeconds and upscalingMode")
+    if (rc.get("authOptions") or {}).get("mode") != "token":
+        errs.append(f"{rid}: authOptions.mode must be token")
+    ft = rc.get("gcsFaultToleranceOptions") or {}
+    pw = ((ft.get("redisPassword") or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+    if not ft.get("redisAddress") or pw.get("name") != "app-credentials":
+        errs.append(f"{rid}: gcsFaultToleranceOptions needs redisAddress and redisPassword from app-credentials")
+    head = rc["headGroupSpec"]
+    if str(head.get("rayStartParams", {}).get("num-cpus")) != "0":
+        errs.append(f"{rid}: head rayStartParams num-cpus must be \"0\" (no Serve/LLM work on the head)")
+    if head.get("rayStartParams", {}).get("dashboard-host") != "0.0.0.0":
+        errs.append(f"{rid}: head dashboard-host must be 0.0.0.0")
+
+    gpu_groups = 0
+    for group, template in pod_templates(rs):
+        pspec = template["spec"]
+        where = f"{rid} group {group}"
+        for c in _containers(pspec):
+            cw = f"{where} container {c.get('name')}"
+            image = c.get("image", "")
+            tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
+            if "@" not in image and not (tag == RAY_VERSION or tag.startswith(RAY_VERSION + "-")):
+                errs.append(f"{cw}: image tag {tag!r} does not match rayVersion {RAY_VERSION}")
+            res = c.get("resources") or {}
+            for kind in ("requests", "limits"):
+                for r in ("cpu", "memory"):
+                    if r not in (res.get(kind) or {}):
+                        errs.append(f"{cw}: resources.{kind}.{r} missing")
+            sc = c.get("securityContext") or {}
+            if sc.get("privileged") or sc.get("allowPrivilegeEscalation", True):
+                errs.append(f"{cw}: must not be privileged / allow privilege escalation")
+            if not (sc.get("runAsNonRoot") or (pspec.get("securityContext") or {}).get("runAsNonRoot")):
+                errs.append(f"{cw}: runAsNonRoot required")
+            if sc.get("runAsUser", (pspec.get("securityContext") or {}).get("runAsUser")) in (None, 0):
+                errs.append(f"{cw}: runAsUser must be set to the ray uid (1000)")
+            for probe in ("livenessProbe", "readinessProbe"):
+                if probe in c:
+                    errs.append(f"{cw}: {probe} set: KubeRay injects its own probes, don't fight them")
+            if not any((e.get("secretRef") or {}).get("name") == "app-credentials" for e in c.get("envFrom") or []):
+                errs.append(f"{cw}: envFrom secretRef app-credentials missing")
+        if any(_gpu_limit(c) for c in _containers(pspec)):
+            gpu_groups += 1
+            g = next(x for x in rc.get("workerGroupSpecs", []) if x["groupName"] == group)
+            if g.get("minReplicas") != 0:
+                errs.append(f"{where}: GPU group minReplicas must be 0")
+            if (pspec.get("nodeSelector") or {}).get("workload-type") != "gpu-inference":
+                errs.append(f"{where}: GPU group needs nodeSelector workload-type: gpu-inference")
+            if not any(
+                t.get("key") == "nvidia.com/gpu" and t.get("effect") in ("NoSchedule", None)
+                and (t.get("operator") == "Exists" or t.get("value") is not None)
+                for t in pspec.get("tolerations") or []
+            ):
+                errs.append(f"{where}: GPU group lacks a toleration for the nvidia.com/gpu NoSchedule taint")
+        elif group != "head" and overlay == "prod":
+            zones = [t for t in pspec.get("topologySpreadConstraints") or []
+                     if t.get("topologyKey") == "topology.kubernetes.io/zone"]
+            if not zones:
+                errs.append(f"{where}: prod workers need a zone topologySpreadConstraint")
+    if overlay == "prod" and not gpu_groups:
+        errs.append(f"{rid}: prod needs the GPU worker group")
+    if overlay == "test" and gpu_groups:
+        errs.append(f"{rid}: test must have CPU workers only")
+
+    # Serve config: drift against serve_config.yaml, and prod's replica floor.
+    if overlay:
+        from serve_app import kuberay_gen
+
+        rendered = yaml.safe_load(spec.get("serveConfigV2") or "{}")
+        if rendered != kuberay_gen.build_serve_config(overlay):
+            errs.append(f"{rid}: serveConfigV2 drifted from serve_config.yaml + overrides "
+                        f"(python -m serve_app kuberay-config --overlay {overlay} --write)")
+        if overlay == "prod":
+            for app in rendered.get("applications", []):
+                ingress = (app.get("args") or {}).get("ingress") or {}
+                if (ingress.get("num_replicas") or 0) < 2:
+                    errs.append(f"{rid}: prod app {app.get('name')} needs ingress num_replicas >= 2")
+                if (app.get("args") or {}).get("docs_enabled", True):
+                    errs.append(f"{rid}: prod app {app.get('name')} must set docs_enabled: false")
+
+    # Routing: only Serve's port 8000 on the serve service, never Ray's internal ports.
+    for route in find(docs, "HTTPRoute"):
+        for rule in route["spec"].get("rules", []):
+            for ref in rule.get("backendRefs") or []:
+                port = ref.get("port")
+                if port in FORBIDDEN_PORTS:
+                    errs.append(f"{kind_id(route)}: routes to the {FORBIDDEN_PORTS[port]} port {port}")
+                elif (ref.get("name"), port) != (SERVE_SVC, 8000):
+                    errs.append(f"{kind_id(route)}: backend {ref.get('name')}:{port} is not {SERVE_SVC}:8000")
+    for svc in find(docs, "Service"):
+        for p in svc["spec"].get("ports", []):
+            if p.get("port") in FORBIDDEN_PORTS or p.get("targetPort") in FORBIDDEN_PORTS:
+                errs.append(f"{kind_id(svc)}: exposes Ray-internal port {p.get('port')}")
+    errs += gateway_errors(docs)
+    return errs
+
+
+def gateway_errors(docs: list[dict[str, Any]]) -> list[str]:
+    errs: list[str] = []
+    gateways = find(docs, "Gateway")
+    if len(gateways) != 1:
+        return [f"expected one Gateway, found {len(gateways)}"]
+    gw = gateways[0]
+    ref = ((gw["spec"].get("infrastructure") or {}).get("parametersRef")) or {}
+    if (ref.get("group"), ref.get("kind")) != ("gateway.k8s.aws", "LoadBalancerConfiguration"):
+        return [f"{kind_id(gw)}: infrastructure.parametersRef must name a LoadBalancerConfiguration"]
+    lbcs = find(docs, "LoadBalancerConfiguration", ref.get("name"))
+    if not lbcs:
+        return [f"{kind_id(gw)}: LoadBalancerConfiguration {ref.get('name')} not rendered"]
+    lspec = lbcs[0]["spec"]
+    https = [lc for lc in lspec.get("listenerConfigurations", []) if lc.get("protocolPort") == "HTTPS:443"]
+    if not https or https[0].get("sslPolicy") != TLS_POLICY:
+        errs.append(f"{kind_id(lbcs[0])}: HTTPS:443 sslPolicy must be {TLS_POLICY}")
+    attrs = {a["key"]: a["value"] for a in lspec.get("loadBalancerAttributes", [])}
+    if attrs.get("routing.http.drop_invalid_header_fields.enabled") != "true":
+        errs.append(f"{kind_id(lbcs[0])}: routing.http.drop_invalid_header_fields.enabled must be true")
+    if int(attrs.get("idle_timeout.timeout_seconds", "60")) < 150:
+        errs.append(f"{kind_id(lbcs[0])}: idle_timeout.timeout_seconds too short for streamed answers")
+    listeners = {(ls["protocol"], ls["port"]) for ls in gw["spec"]["listeners"]}
+    if ("HTTPS", 443) not in listeners:
+        errs.append(f"{kind_id(gw)}: needs an HTTPS:443 listener")
+    redirects = [
+        r for r in find(docs, "HTTPRoute")
+        for rule in r["spec"].get("rules", [])
+        for f in rule.get("filters") or []
+        if f.get("type") == "RequestRedirect" and (f.get("requestRedirect") or {}).get("scheme") == "https"
+    ]
+    if ("HTTP", 80) in listeners and not redirects:
+        errs.append(f"{kind_id(gw)}: HTTP listener without an HTTPS redirect route")
+    return errs
+
+
+# --------------------------------------------------------------------------- checkov
+def load_skips() -> list[dict[str, Any]]:
+    return yaml.safe_load(CHECKOV_SKIPS.read_text()) or []
+
+
+def run_checkov(directory: Path) -> dict[str, Any]:
+    """checkov over `directory`; failures matched by checkov-skips.yaml become skips."""
+    checkov = Path(sys.executable).parent / "checkov"
+    proc = subprocess.run(
+        [str(checkov), "-d", str(directory), "--framework", "kubernetes", "--skip-download",
+         "--quiet", "--compact", "-o", "json"],
+        capture_output=True, text=True, env={**os.environ, "LOG_LEVEL": "WARNING"},
+    )
+    out = proc.stdout.strip()
+    try:
+        data = json.loads(out) if out else {}
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"checkov output not JSON (rc={proc.returncode}): {proc.stderr[-2000:]}") from exc
+    reports = data if isinstance(data, list) else [data]
+    passed, failed = 0, []
+    for rep in reports:
+        # --quiet leaves passed checks out of "results": count them from the summary.
+        passed += (rep.get("summary") or {}).get("passed") or 0
+        failed += (rep.get("results") or {}).get("failed_checks", [])
+    skips = load_skips()
+    used: set[int] = set()
+    unexplained, explained = [], []
+    for f in failed:
+        resource = f.get("resource", "")
+        match = next((i for i, s in enumerate(skips) if s["id"] == f["check_id"] and any(
+            fnmatch.fnmatch(resource, pat) for pat in s.get("resources", ["*"]))), None)
+        if match is None:
+            unexplained.append(f"{f['check_id']} {resource} ({f.get('file_path')}): {f.get('check_name')}")
+        else:
+            used.add(match)
+            explained.append((f["check_id"], resource, skips[match]["reason"]))
+    return {
+        "passed": passed,
+        "failed": len(unexplained),
+        "skipped": len(explained),
+        "unexplained": unexplained,
+        "explained": explained,
+        "unused_skips": [s["id"] for i, s in enumerate(skips) if i not in used],
+        "returncode": proc.returncode,
+        "resources": sum(((rep.get("summary") or {}).get("resource_count") or 0) for rep in reports),
+    }
+
+
+# --------------------------------------------------------------------------- Dockerfiles
+def dockerfile_errors(path: Path) -> list[str]:
+    from dockerfile_parse import DockerfileParser
+
+    import io
+
+    parser = DockerfileParser(fileobj=io.BytesIO(path.read_bytes()))
+    errs: list[str] = []
+    insts = parser.structure
+    froms = [i["value"].split()[0] for i in insts if i["instruction"] == "FROM"]
+    if not froms:
+        return [f"{path.name}: no FROM"]
+    args = {}
+    for i in insts:
+        if i["instruction"] == "ARG" and "=" in i["value"]:
+            k, v = i["value"].split("=", 1)
+            args[k.strip()] = v.strip().strip('"')
+    for ref in froms:
+        for k, v in args.items():
+            ref = ref.replace(f"${{{k}}}", v).replace(f"${k}", v)
+        if "@sha256:" in ref:
+            continue
+        tag = ref.rsplit(":", 1)[-1] if ":" in ref.rsplit("/", 1)[-1] else ""
+        if not tag or tag == "latest":
+            errs.append(f"{path.name}: base image {ref!r} is not pinned (no tag/digest or `latest`)")
+        elif not tag.startswith(RAY_VERSION):
+            errs.append(f"{path.name}: base image {ref!r} is not Ray {RAY_VERSION}")
+    if "latest" in parser.content.replace("--no-cache", "").split():
+        errs.append(f"{path.name}: mentions `latest`")
+    users = [i["value"].strip() for i in insts if i["instruction"] == "USER"]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        errs.append(f"{path.name}: final USER must be non-root (1000 / ray)")
+    return errs
+
+
+# --------------------------------------------------------------------------- main
+def main() -> int:
+    # Not under a dot-directory: checkov silently skips those (0 resources scanned).
+    out_dir = Path(os.environ.get("KUBERAY_OUT") or Path(tempfile.gettempdir()) / "kuberay-rendered")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.yaml"):
+        old.unlink()
+    failures: list[str] = []
+    print(f"kubernetes-validate schemas: Kubernetes {k8s_version()} (strict)")
+    print(f"CRDs: {crds_dir()} ({len(crd_schemas())} kind/versions)")
+    if not crd_schemas():
+        failures.append(f"no CRDs found under {crds_dir()} (set KUBERAY_CRDS_DIR)")
+    for variant in VARIANTS:
+        docs = render(variant)
+        pods = extract_pods(docs)
+        notes: list[str] = []
+        errs = validate_docs(docs + pods, notes)
+        overlay = variant.split("+")[0]
+        if overlay in ("test", "prod"):
+            errs += policy_errors(docs, overlay)
+        print(f"[{variant}] rendered {len(docs)} objects + {len(pods)} extracted pods: "
+              f"{'OK' if not errs else f'{len(errs)} error(s)'}")
+        for n in sorted(set(notes)):
+            print(f"  note: {n}")
+        failures += [f"[{variant}] {e}" for e in errs]
+        fname = variant.replace("+", "_")
+        (out_dir / f"{fname}.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        (out_dir / f"{fname}-pods.yaml").write_text(yaml.safe_dump_all(pods, sort_keys=False))
+
+    from serve_app import kuberay_gen
+
+    for overlay in kuberay_gen.OVERLAYS:
+        diff = kuberay_gen.drift(overlay)
+        print(f"[serve-config {overlay}] {'in sync' if not diff else 'DRIFT'}")
+        if diff:
+            failures.append(f"serveConfigV2 drift in {overlay}:\n{diff}")
+
+    for dockerfile in sorted((KUBERAY / "images").glob("Dockerfile.*")):
+        if dockerfile.name.endswith(".dockerignore"):
+            continue
+        errs = dockerfile_errors(dockerfile)
+        print(f"[{dockerfile.name}] {'OK' if not errs else errs}")
+        failures += errs
+
+    result = run_checkov(out_dir)
+    print(f"[checkov] passed={result['passed']} failed(unexplained)={result['failed']} "
+          f"skipped(with reason)={result['skipped']}")
+    for check_id, reason in sorted({(c, r) for c, _, r in result["explained"]}):
+        n = sum(1 for c, _, _ in result["explained"] if c == check_id)
+        print(f"  skip {check_id} x{n}: {reason}")
+    failures += [f"checkov: {u}" for u in result["unexplained"]]
+    if not result["passed"]:
+        failures.append(f"checkov scanned nothing in {out_dir} (resources={result['resources']})")
+    if result["unused_skips"]:
+        failures.append(f"checkov-skips.yaml has stale entries: {result['unused_skips']}")
+
+    if failures:
+        print("\nFAILED:", file=sys.stderr)
+        for f in failures:
+            print(f"  - {f}", file=sys.stderr)
+        return 1
+    print("all kuberay checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
