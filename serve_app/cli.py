@@ -155,17 +155,24 @@ def cmd_run(settings: Settings, ns: argparse.Namespace) -> int:
     return cmd_stop(settings, ns)
 
 
+def stop_ray_and_engines(env: dict[str, str] | None = None) -> None:
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], check=False, capture_output=True, env=env, timeout=120)
+    # vLLM's engine processes are not Ray workers: `ray stop` leaves them
+    # running (each holds its KV cache, GBs of memory) once their replica dies.
+    subprocess.run(["pkill", "-9", "-f", "^VLLM::"], check=False, capture_output=True)
+
+
 def cmd_stop(settings: Settings, _: argparse.Namespace) -> int:
     from serve_app import local_services
 
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], check=False, capture_output=True)
+    stop_ray_and_engines()
     local_services.stop_redis(settings.data_dir)
     local_services.stop_postgres(settings.data_dir)
     _say("stopped Ray and the local PostgreSQL/Redis (if they were started here)")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serve_app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -183,19 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_local_services
     )
 
-    from serve_app import cli_provision
+    from serve_app import cli_provision, kuberay_gen
 
-    cli_provision.add_parser(sub)
+    kuberay_gen.add_parser(sub)
+    cli_provision.add_parser(
+        sub, default_source=settings.model_source, default_dest=settings.model_dir / "SmolLM2-135M-Instruct"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
     settings = Settings()
-    if getattr(ns, "func", None) is None:
-        return 2
-    if ns.command == "provision-model":
-        from serve_app import cli_provision
-
-        return cli_provision.run(ns)
+    ns = build_parser(settings).parse_args(argv)
+    if ns.command in ("provision-model", "kuberay-config"):
+        return ns.func(ns)
     return ns.func(settings, ns)

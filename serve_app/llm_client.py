@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -106,9 +106,11 @@ class ServeLLMBackend:
         app_name: str | None,
         wake_idle_pools: bool,
         refresh_s: float,
+        running_counts: Callable[[str | None], dict[str, int]] | None = None,
     ) -> None:
         self._pools = pools_by_model
         self._app_name = app_name
+        self._running_counts = running_counts or serve_running_counts
         self._wake_idle_pools = wake_idle_pools
         self._refresh_s = refresh_s
         self._task: asyncio.Task[None] | None = None
@@ -139,24 +141,19 @@ class ServeLLMBackend:
                 log.exception("refreshing LLM pool status failed")
 
     async def _refresh(self) -> None:
-        from ray import serve
-
-        # The controller knows which replicas are RUNNING; the handle does not
-        # expose it. One call per interval per ingress replica is cheap.
-        status = await asyncio.to_thread(serve.status)
-        app = status.applications.get(self._app_name) if self._app_name else None
-        deployments = app.deployments if app else {}
+        counts = await asyncio.to_thread(self._running_counts, self._app_name)
         for pools in self._pools.values():
             for p in pools:
-                d = deployments.get(p.deployment_name)
-                states = d.replica_states if d else {}
-                p.running = int(states.get("RUNNING", 0))
+                p.running = counts.get(p.deployment_name, 0)
         self._last_refresh = time.monotonic()
 
     def status(self) -> dict[str, Any]:
         return {
-            model: {p.name: {"running_replicas": p.running, "spilled": p.spilled} for p in pools}
-            for model, pools in self._pools.items()
+            "pools": {
+                model: {p.name: {"running_replicas": p.running, "spilled": p.spilled} for p in pools}
+                for model, pools in self._pools.items()
+            },
+            "status_age_s": round(time.monotonic() - self._last_refresh, 1),
         }
 
     def _pools_for(self, model_id: str) -> list[Pool]:
@@ -193,6 +190,10 @@ class ServeLLMBackend:
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         pools = self._pools_for(model_id)
+        if not any(p.running for p in pools) and time.monotonic() - self._last_refresh > 0.2:
+            # Replicas may have come up since the last periodic refresh (e.g.
+            # just after a deploy): look again before answering 503.
+            await self._refresh()
         for pool in pools:
             if pool.running == 0:
                 self._wake(pool)
@@ -212,6 +213,12 @@ class ServeLLMBackend:
                 continue
             except StopAsyncIteration as exc:
                 raise DependencyUnavailable("the model returned nothing") from exc
+            except BaseException:
+                # Deadline (a non-streamed answer arrives as one item, so the
+                # whole generation happens inside this await) or any failure:
+                # abort it on the engine rather than let it run to max_tokens.
+                gen.cancel()
+                raise
             return gen, first, pool
         raise Overloaded("all model replicas are busy; retry shortly", retry_after_s=2)
 
@@ -274,6 +281,17 @@ class ServeLLMBackend:
                     gen.cancel()
 
         return ChatStream(chunks=chunks(), pool=pool.name)
+
+
+def serve_running_counts(app_name: str | None) -> dict[str, int]:
+    """RUNNING replicas per deployment of the app, from the Serve controller
+    (the handle does not expose it). Called once per refresh interval."""
+    from ray import serve
+
+    app = serve.status().applications.get(app_name) if app_name else None
+    if app is None:
+        return {}
+    return {name: int(d.replica_states.get("RUNNING", 0)) for name, d in app.deployments.items()}
 
 
 def _is_error(item: Any) -> bool:

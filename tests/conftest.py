@@ -69,7 +69,9 @@ async def redis_prefix() -> AsyncIterator[str]:
 
 @pytest.fixture
 def settings(database: str, redis_prefix: str) -> Settings:
-    return Settings(database_url=database, redis_url=REDIS_URL, redis_key_prefix=redis_prefix, database_sslmode="disable")
+    return Settings(
+        database_url=database, redis_url=REDIS_URL, redis_key_prefix=redis_prefix, database_sslmode="disable"
+    )
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import yaml
 
+from serve_app.cli import stop_ray_and_engines
 from serve_app.config import SERVE_CONFIG_PATH
 from serve_app.settings import child_env
 
@@ -42,6 +43,11 @@ class LocalRay:
         self.env = child_env(
             {
                 "HF_HUB_OFFLINE": "1",
+                # Token auth on the dashboard/jobs API, as on EKS; the token
+                # is generated into ~/.ray/auth_token on first use.
+                "RAY_AUTH_MODE": "token",
+                # Metrics every second (default 10 s): tests read engine gauges.
+                "RAY_metrics_report_interval_ms": "1000",
                 **(extra_env or {}),
             }
         )
@@ -64,7 +70,7 @@ class LocalRay:
         )
 
     def stop(self) -> None:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=self.env, capture_output=True, timeout=120)
+        stop_ray_and_engines(self.env)
 
     def serve_config(self, args: dict[str, Any] | None, env_vars: dict[str, str]) -> dict[str, Any]:
         config = yaml.safe_load(SERVE_CONFIG_PATH.read_text())
@@ -80,8 +86,10 @@ class LocalRay:
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(config, f)
         t0 = time.monotonic()
-        subprocess.run([str(BIN / "serve"), "deploy", f.name, "-a", self.dashboard], check=True, env=self.env,
-                       cwd=REPO, capture_output=True, timeout=120)
+        out = subprocess.run([str(BIN / "serve"), "deploy", f.name, "-a", self.dashboard], env=self.env,
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"serve deploy failed: {out.stdout[-2000:]}\n{out.stderr[-4000:]}")
         name = config["applications"][0]["name"]
         while time.monotonic() - t0 < timeout_s:
             status = self.app_status(name)
@@ -92,8 +100,12 @@ class LocalRay:
             time.sleep(1)
         raise TimeoutError(f"not RUNNING after {timeout_s}s: {json.dumps(self.app_status(name))[:3000]}")
 
+    def auth_headers(self) -> dict[str, str]:
+        token = Path.home() / ".ray" / "auth_token"
+        return {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else {}
+
     def app_status(self, name: str) -> dict[str, Any]:
-        r = httpx.get(f"{self.dashboard}/api/serve/applications/", timeout=10)
+        r = httpx.get(f"{self.dashboard}/api/serve/applications/", headers=self.auth_headers(), timeout=10)
         r.raise_for_status()
         return r.json().get("applications", {}).get(name, {})
 

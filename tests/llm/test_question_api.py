@@ -1,0 +1,221 @@
+"""SmolLM2 on real vLLM through real Ray Serve, over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import httpx
+import pytest
+
+from serve_app.config import DEFAULT_MODEL_ID
+from tests.llm.conftest import DEADLINE_S, GPU_ONLY_MODEL
+
+pytestmark = pytest.mark.llm
+
+
+def unique_question(text: str = "What is the capital of France?") -> str:
+    # A fresh question per test keeps the answer cache out of the way.
+    return f"{text} (ref {uuid.uuid4().hex[:6]})"
+
+
+def engine_metrics(cluster) -> dict[str, float]:
+    """vLLM's gauges and counters, summed over engines."""
+    out = {"running": 0.0, "finished": 0.0, "tokens": 0.0}
+    for line in cluster.metrics().splitlines():
+        if line.startswith("ray_vllm_num_requests_running{"):
+            out["running"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("ray_vllm_request_success_total{"):
+            out["finished"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("ray_vllm_generation_tokens_total{"):
+            out["tokens"] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def wait_for(cluster, predicate, timeout_s: float, what: str) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if predicate(engine_metrics(cluster)):
+            return time.monotonic() - t0
+        time.sleep(0.25)
+    raise AssertionError(f"{what}: not within {timeout_s}s (last: {engine_metrics(cluster)})")
+
+
+def wait_until_idle(cluster, timeout_s: float) -> float:
+    return wait_for(cluster, lambda m: m["running"] == 0, timeout_s, "engines idle")
+
+
+def test_question_answers(llm_app) -> None:
+    q = unique_question()
+    t0 = time.perf_counter()
+    r = httpx.post(f"{llm_app.url}/question", json={"question": q, "max_tokens": 24, "temperature": 0}, timeout=120)
+    took = time.perf_counter() - t0
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["question"] == q
+    assert body["model"] == DEFAULT_MODEL_ID
+    assert body["answer"].strip()
+    assert body["cached"] is False
+    assert 0 < body["usage"]["completion_tokens"] <= 24
+    print(f"\n/question 24 tokens in {took:.2f}s: {body['answer']!r}")
+
+
+def test_repeated_question_comes_from_cache(llm_app) -> None:
+    q = unique_question("Name a primary colour.")
+    payload = {"question": q, "max_tokens": 16, "temperature": 0}
+    first = httpx.post(f"{llm_app.url}/question", json=payload, timeout=120)
+    assert first.status_code == 200 and first.json()["cached"] is False
+    t0 = time.perf_counter()
+    # Same question up to case and spacing.
+    second = httpx.post(f"{llm_app.url}/question", json={**payload, "question": "  " + q.upper()}, timeout=30)
+    took = time.perf_counter() - t0
+    assert second.status_code == 200
+    assert second.json()["cached"] is True
+    assert second.json()["answer"] == first.json()["answer"]
+    assert "x-served-by-pool" not in second.headers  # the engine was not asked
+    print(f"\ncached answer in {took * 1000:.1f} ms")
+    bypass = httpx.post(f"{llm_app.url}/question", json=payload, headers={"Cache-Control": "no-cache"}, timeout=120)
+    assert bypass.status_code == 200 and bypass.json()["cached"] is False
+    assert bypass.headers["x-served-by-pool"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"question": ""},
+        {"question": "   "},
+        {"question": "x" * 4001},
+        {"question": "hi", "max_tokens": 0},
+        {"question": "hi", "max_tokens": 513},
+        {"question": "hi", "temperature": 2.5},
+        {"question": 42},
+        {},
+    ],
+)
+def test_bad_questions_are_422(llm_app, payload) -> None:
+    r = httpx.post(f"{llm_app.url}/question", json=payload, timeout=30)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_input"
+    assert r.json()["error"]["request_id"]
+
+
+def test_stream_delivers_tokens_before_the_end(llm_app) -> None:
+    q = unique_question("Write two sentences about the sea.")
+    stamps: list[tuple[float, str]] = []
+    t0 = time.perf_counter()
+    with httpx.stream("POST", f"{llm_app.url}/question/stream",
+                      json={"question": q, "max_tokens": 48, "temperature": 0}, timeout=120) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                stamps.append((time.perf_counter() - t0, event))
+    tokens = [t for t, e in stamps if e == "token"]
+    done = [t for t, e in stamps if e == "done"]
+    assert len(tokens) >= 5 and len(done) == 1
+    print(f"\nstream: first token {tokens[0]:.2f}s, last {tokens[-1]:.2f}s, {len(tokens)} token events")
+    assert tokens[0] < tokens[-1] - 0.2  # tokens arrive as generated, not in one lump
+
+
+def test_disconnect_aborts_generation(llm_app) -> None:
+    wait_until_idle(llm_app, 60)
+    before = engine_metrics(llm_app)
+    q = unique_question("Write a 1000-word story about a dragon who learns to sing.")
+    with httpx.stream("POST", f"{llm_app.url}/question/stream",
+                      json={"question": q, "max_tokens": 512, "temperature": 0}, timeout=120) as r:
+        t0 = time.monotonic()
+        for line in r.iter_lines():
+            if line.startswith("event: done"):
+                pytest.fail("the answer finished before the test could disconnect")
+            # Keep reading until the engine's gauge shows the request running.
+            if time.monotonic() - t0 > 2 and engine_metrics(llm_app)["running"] >= 1:
+                break
+    # A 512-token answer takes ~20 s here: the gauge must drop well before,
+    # and the request must not be counted as finished.
+    took = wait_until_idle(llm_app, 8)
+    after = engine_metrics(llm_app)
+    assert after["finished"] == before["finished"]
+    print(f"\nengine idle {took:.1f}s after the client disconnected "
+          f"({after['tokens'] - before['tokens']:.0f} tokens generated of 512)")
+
+
+def test_openai_client_round_trip(llm_app) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{llm_app.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    ids = [m.id for m in client.models.list().data]
+    assert DEFAULT_MODEL_ID in ids and GPU_ONLY_MODEL in ids
+    out = client.chat.completions.create(
+        model=DEFAULT_MODEL_ID, messages=[{"role": "user", "content": "Say hello."}], max_tokens=12, temperature=0
+    )
+    assert out.choices[0].message.content.strip()
+    assert out.usage.completion_tokens > 0
+    stream = client.chat.completions.create(
+        model=DEFAULT_MODEL_ID, messages=[{"role": "user", "content": "Count to five."}], max_tokens=16, stream=True
+    )
+    text = "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
+    assert text.strip()
+
+
+def test_unknown_model_is_404(llm_app) -> None:
+    r = httpx.post(f"{llm_app.url}/v1/chat/completions",
+                   json={"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_absent_pool_is_fast_503(llm_app) -> None:
+    t0 = time.perf_counter()
+    r = httpx.post(f"{llm_app.url}/v1/chat/completions",
+                   json={"model": GPU_ONLY_MODEL, "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    took = time.perf_counter() - t0
+    assert r.status_code == 503, r.text
+    assert int(r.headers["retry-after"]) > 0
+    assert r.json()["error"]["request_id"]
+    assert took < 2, took
+
+
+async def test_full_pool_spills_to_the_next(llm_app) -> None:
+    async with httpx.AsyncClient(base_url=llm_app.url, timeout=120) as c:
+        results = await asyncio.gather(*(
+            c.post("/question", json={"question": unique_question(), "max_tokens": 16},
+                   headers={"Cache-Control": "no-cache"})
+            for _ in range(6)
+        ))
+    assert all(r.status_code == 200 for r in results), [r.text for r in results]
+    pools = [r.headers["x-served-by-pool"] for r in results]
+    print(f"\nserved by: {pools}")
+    assert "primary" in pools and "fallback" in pools
+
+
+def test_deadline_is_504_and_cancels(llm_app) -> None:
+    wait_until_idle(llm_app, 60)
+    before = engine_metrics(llm_app)
+    t0 = time.perf_counter()
+    r = httpx.post(
+        f"{llm_app.url}/v1/chat/completions",
+        # ~60 s of generation here, far past the deadline.
+        json={"model": DEFAULT_MODEL_ID, "messages": [{"role": "user", "content": "Tell a long story."}],
+              "max_tokens": 1800, "ignore_eos": True},
+        timeout=120,
+    )
+    took = time.perf_counter() - t0
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["code"] == "deadline_exceeded"
+    assert DEADLINE_S <= took < DEADLINE_S + 5
+    wait_until_idle(llm_app, 8)
+    assert engine_metrics(llm_app)["finished"] == before["finished"]
+
+
+def test_dashboard_shows_pools_as_deployments(llm_app) -> None:
+    deployments = llm_app.deployments("qa")
+    names = set(deployments)
+    assert "Ingress" in names
+    assert any(n.startswith("primary-pool:") for n in names)
+    assert any(n.startswith("fallback-pool:") for n in names)
+    for name, d in deployments.items():
+        if not name.startswith("gpu-pool:"):
+            assert d["status"] == "HEALTHY", (name, d["status"])

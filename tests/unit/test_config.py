@@ -1,0 +1,80 @@
+"""serve_config.yaml args validation and the LLM deployment configs built from them."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.config import AppArgs, PoolArgs, app_args_from_serve_config
+from serve_app.llm import deployment_name, engine_bundle, llm_config, resolve_model_source
+
+
+def test_repo_serve_config_is_valid() -> None:
+    args = app_args_from_serve_config()
+    assert args.llm is not None
+    pools = {p.name: p for p in args.llm.models[0].pools}
+    assert set(pools) == {"gpu", "cpu"}
+    assert args.llm.pool_preference == ["gpu", "cpu"]
+    # Serve's default of 5 in flight would cap questions reaching the engine.
+    assert args.ingress.max_ongoing_requests >= 64
+    assert args.ingress.serve_options()["max_queued_requests"] > 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"cach": {}},  # typo
+        {"cache": {"user_ttl_s": -1}},
+        {"ingress": {"num_replicas": 2, "autoscaling": {"min_replicas": 1, "max_replicas": 2}}},
+        {"ingress": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}},
+        {"llm": {"default_model": "x", "models": [{"model_id": "y", "pools": [{"name": "cpu"}]}]}},
+        {"llm": {"models": [{"pools": [{"name": "cpu"}, {"name": "cpu"}]}]}},
+        {"llm": {"models": [{"pools": [{"name": "Bad Name"}]}]}},
+    ],
+)
+def test_invalid_args_are_rejected(args: dict) -> None:
+    with pytest.raises(ValidationError):
+        AppArgs.model_validate(args)
+
+
+def test_gpu_pool_deployed_only_with_gpus_when_auto() -> None:
+    gpu = PoolArgs(name="gpu", accelerator="gpu", enabled="auto")
+    assert not gpu.is_enabled(cluster_gpus=0)
+    assert gpu.is_enabled(cluster_gpus=4)
+    assert PoolArgs(name="gpu", accelerator="gpu", enabled=True).is_enabled(0)
+    assert not PoolArgs(name="cpu", enabled=False).is_enabled(4)
+    assert PoolArgs(name="cpu", enabled="auto").is_enabled(0)
+
+
+def test_gpu_pool_llm_config() -> None:
+    args = app_args_from_serve_config()
+    model = args.llm.models[0]
+    gpu = next(p for p in model.pools if p.name == "gpu")
+    cfg = llm_config(model, gpu)
+    assert cfg.placement_group_config == {"bundles": [{"CPU": 1.0, "GPU": 1.0}]}
+    assert cfg.engine_kwargs["dtype"] == "bfloat16"
+    assert cfg.engine_kwargs["gpu_memory_utilization"] == 0.85
+    dep = cfg.deployment_config
+    assert dep["autoscaling_config"]["min_replicas"] == 0  # scales from zero
+    assert dep["max_queued_requests"] == gpu.deployment.max_queued_requests
+    # The replica actor must not reserve a second GPU beside the engine's bundle.
+    assert dep["ray_actor_options"] == {"num_cpus": 0, "num_gpus": 0}
+    assert deployment_name(model, gpu) == "gpu-pool:HuggingFaceTB--SmolLM2-135M-Instruct"
+    assert cfg.experimental_configs["stream_batching_interval_ms"] == 0
+
+
+def test_cpu_pool_llm_config() -> None:
+    args = app_args_from_serve_config()
+    model = args.llm.models[0]
+    cpu = next(p for p in model.pools if p.name == "cpu")
+    cfg = llm_config(model, cpu)
+    assert engine_bundle(cpu) == {"CPU": 1.0}
+    assert cfg.engine_kwargs == {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048, "max_num_seqs": 32}
+    assert cfg.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "2"
+
+
+def test_model_sources() -> None:
+    assert resolve_model_source("s3://bucket/smollm2/") == "s3://bucket/smollm2/"
+    assert resolve_model_source("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert resolve_model_source("/abs/path").startswith("/abs/path")
+    assert resolve_model_source("models/SmolLM2-135M-Instruct").endswith("/models/SmolLM2-135M-Instruct")
