@@ -102,8 +102,8 @@ resource "kubernetes_secret_v1" "app_credentials" {
 
   # rediss:// and sslmode=require: both servers refuse plaintext connections.
   data = {
-    DATABASE_URL       = "postgresql://${urlencode(local.aurora_creds.username)}:${urlencode(local.aurora_creds.password)}@${var.aurora_endpoint}:${var.aurora_port}/${var.aurora_database_name}?sslmode=require"
-    REDIS_URL          = "rediss://:${urlencode(local.redis_token)}@${local.redis_host}/${var.redis_app_db}"
+    DATABASE_URL = "postgresql://${urlencode(local.aurora_creds.username)}:${urlencode(local.aurora_creds.password)}@${var.aurora_endpoint}:${var.aurora_port}/${var.aurora_database_name}?sslmode=require"
+    REDIS_URL    = "rediss://:${urlencode(local.redis_token)}@${local.redis_host}/${var.redis_app_db}"
     # No "/<db>" suffix: Ray 2.60 cannot select a logical db (its address
     # parser takes "6379/1" as the port). KubeRay namespaces GCS keys by the
     # RayCluster's UID instead, so they never meet the app's cache keys.
