@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -98,14 +100,20 @@ def backend(*pools: tuple[str, FakeHandle, int], scale_from_zero: bool = True) -
 REQ = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
+@asynccontextmanager
+async def running(b: ServeLLMBackend) -> AsyncIterator[ServeLLMBackend]:
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()
+
+
 async def test_prefers_the_first_pool() -> None:
     gpu, cpu = FakeHandle(ok("from gpu")), FakeHandle(ok("from cpu"))
     b = backend(("gpu", gpu, 1), ("cpu", cpu, 1))
-    await b.start()
-    try:
+    async with running(b):
         result = await b.chat(MODEL, REQ, deadline_s=5)
-    finally:
-        await b.stop()
     assert result.pool == "gpu" and result.body["choices"][0]["message"]["content"] == "from gpu"
     assert cpu.calls == 0
 
@@ -113,11 +121,8 @@ async def test_prefers_the_first_pool() -> None:
 async def test_full_pool_spills_to_the_next() -> None:
     gpu, cpu = FakeHandle(full()), FakeHandle(ok("from cpu"))
     b = backend(("gpu", gpu, 1), ("cpu", cpu, 1))
-    await b.start()
-    try:
+    async with running(b):
         result = await b.chat(MODEL, REQ, deadline_s=5)
-    finally:
-        await b.stop()
     assert result.pool == "cpu" and gpu.calls == 1
     assert b.status()["pools"][MODEL]["gpu"]["spilled"] == 1
 
@@ -125,86 +130,65 @@ async def test_full_pool_spills_to_the_next() -> None:
 async def test_absent_pool_is_skipped_and_woken() -> None:
     gpu, cpu = FakeHandle(ok("gpu")), FakeHandle(ok("cpu"))
     b = backend(("gpu", gpu, 0), ("cpu", cpu, 1))
-    await b.start()
-    try:
+    async with running(b):
         result = await b.chat(MODEL, REQ, deadline_s=5)
         await asyncio.sleep(0)
         assert gpu.woken == 1
         await b.chat(MODEL, REQ, deadline_s=5)
         await asyncio.sleep(0)
         assert gpu.woken == 1  # one outstanding wake-up call at a time
-    finally:
-        await b.stop()
     assert result.pool == "cpu" and gpu.calls == 0
 
 
 async def test_no_running_replica_is_503() -> None:
     b = backend(("cpu", FakeHandle(ok("x")), 0))
-    await b.start()
-    try:
+    async with running(b):
         with pytest.raises(DependencyUnavailable) as e:
             await b.chat(MODEL, REQ, deadline_s=5)
-    finally:
-        await b.stop()
     assert e.value.status_code == 503 and e.value.retry_after_s
 
 
 async def test_all_pools_full_is_overloaded() -> None:
     b = backend(("gpu", FakeHandle(full()), 1), ("cpu", FakeHandle(full()), 1))
-    await b.start()
-    try:
+    async with running(b):
         with pytest.raises(Overloaded) as e:
             await b.chat(MODEL, REQ, deadline_s=5)
-    finally:
-        await b.stop()
     assert e.value.status_code == 503 and e.value.retry_after_s
 
 
 async def test_deadline_cancels_the_generation() -> None:
     slow = FakeHandle(lambda: FakeResponse([FakeCompletion("a"), FakeCompletion("b")], delay=0.3))
     b = backend(("cpu", slow, 1))
-    await b.start()
-    try:
+    async with running(b):
         with pytest.raises(DeadlineExceeded):
             await b.chat(MODEL, REQ, deadline_s=0.45)
-    finally:
-        await b.stop()
     assert slow.last.cancelled
 
 
 async def test_stream_closed_early_cancels_the_generation() -> None:
     h = FakeHandle(lambda: FakeResponse([["data: {}\n\n"]] * 10, delay=0.01))
     b = backend(("cpu", h, 1))
-    await b.start()
-    try:
+    async with running(b):
         stream = await b.chat_stream(MODEL, REQ, deadline_s=5)
         async for _ in stream.chunks:
             break
         await stream.chunks.aclose()
-    finally:
-        await b.stop()
     assert h.last.cancelled
 
 
 async def test_engine_errors_map_to_our_errors() -> None:
     b = backend(("cpu", FakeHandle(lambda: FakeResponse([ErrorResponse(400, "too long")])), 1))
-    await b.start()
-    try:
+    async with running(b):
         with pytest.raises(InvalidInput):
             await b.chat(MODEL, REQ, deadline_s=5)
         with pytest.raises(NotFound):
             await b.chat("other-model", REQ, deadline_s=5)
-    finally:
-        await b.stop()
 
 
 async def test_invalid_request_is_rejected_before_any_pool() -> None:
     h = FakeHandle(ok("x"))
     b = backend(("cpu", h, 1))
-    await b.start()
-    try:
+    async with running(b):
         with pytest.raises(InvalidInput):
             await b.chat(MODEL, {"messages": "not a list"}, deadline_s=5)
-    finally:
-        await b.stop()
     assert h.calls == 0
