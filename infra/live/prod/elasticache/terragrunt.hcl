@@ -2,38 +2,9 @@ include "root" {
   path = find_in_parent_folders("root.hcl")
 }
 
-locals {
-  env = read_terragrunt_config(find_in_parent_folders("env.hcl")).locals
-}
-
-terraform {
-  source = "../../../modules//elasticache"
-}
-
-dependency "network" {
-  config_path = "../network"
-
-  mock_outputs = {
-    vpc_id              = "vpc-00000000000000000"
-    database_subnet_ids = ["subnet-00000000000000003", "subnet-00000000000000004"]
-  }
-  mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
-}
-
-dependency "eks" {
-  config_path = "../eks"
-
-  mock_outputs = {
-    node_security_group_id = "sg-00000000000000000"
-  }
-  mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
-}
-
-inputs = {
-  name                   = local.env.name
-  vpc_id                 = dependency.network.outputs.vpc_id
-  database_subnet_ids    = dependency.network.outputs.database_subnet_ids
-  node_security_group_id = dependency.eks.outputs.node_security_group_id
-  node_type              = local.env.redis_node_type
-  num_cache_clusters     = local.env.redis_num_cache_clusters
+# Everything but the environment (env.hcl) is shared: see _envcommon/elasticache.hcl.
+include "envcommon" {
+  path           = "${dirname(find_in_parent_folders("root.hcl"))}/_envcommon/elasticache.hcl"
+  expose         = true
+  merge_strategy = "deep"
 }

@@ -2,70 +2,9 @@ include "root" {
   path = find_in_parent_folders("root.hcl")
 }
 
-locals {
-  env = read_terragrunt_config(find_in_parent_folders("env.hcl")).locals
-}
-
-terraform {
-  source = "../../../modules//k8s-addons"
-}
-
-dependency "network" {
-  config_path = "../network"
-
-  mock_outputs = {
-    vpc_id = "vpc-00000000000000000"
-  }
-  mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
-}
-
-dependency "eks" {
-  config_path = "../eks"
-
-  mock_outputs = {
-    cluster_name                       = "mock-cluster"
-    cluster_endpoint                   = "https://mock.eks.amazonaws.com"
-    cluster_certificate_authority_data = "bW9jaw=="
-    lb_controller_role_arn             = "arn:aws:iam::000000000000:role/mock"
-  }
-  mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
-}
-
-dependency "aurora" {
-  config_path = "../aurora"
-
-  mock_outputs = {
-    cluster_endpoint       = "mock.cluster.us-east-1.rds.amazonaws.com"
-    port                   = 5432
-    database_name          = "qa"
-    master_user_secret_arn = "arn:aws:secretsmanager:us-east-1:000000000000:secret:mock-aurora"
-  }
-  mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
-}
-
-dependency "elasticache" {
-  config_path = "../elasticache"
-
-  mock_outputs = {
-    primary_endpoint      = "mock.cache.amazonaws.com"
-    port                  = 6379
-    auth_token_secret_arn = "arn:aws:secretsmanager:us-east-1:000000000000:secret:mock-redis"
-  }
-  mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
-}
-
-inputs = {
-  region                             = local.env.region
-  vpc_id                             = dependency.network.outputs.vpc_id
-  cluster_name                       = dependency.eks.outputs.cluster_name
-  cluster_endpoint                   = dependency.eks.outputs.cluster_endpoint
-  cluster_certificate_authority_data = dependency.eks.outputs.cluster_certificate_authority_data
-  lb_controller_role_arn             = dependency.eks.outputs.lb_controller_role_arn
-  aurora_endpoint                    = dependency.aurora.outputs.cluster_endpoint
-  aurora_port                        = dependency.aurora.outputs.port
-  aurora_database_name               = dependency.aurora.outputs.database_name
-  aurora_master_user_secret_arn      = dependency.aurora.outputs.master_user_secret_arn
-  redis_endpoint                     = dependency.elasticache.outputs.primary_endpoint
-  redis_port                         = dependency.elasticache.outputs.port
-  redis_auth_token_secret_arn        = dependency.elasticache.outputs.auth_token_secret_arn
+# Everything but the environment (env.hcl) is shared: see _envcommon/k8s-addons.hcl.
+include "envcommon" {
+  path           = "${dirname(find_in_parent_folders("root.hcl"))}/_envcommon/k8s-addons.hcl"
+  expose         = true
+  merge_strategy = "deep"
 }

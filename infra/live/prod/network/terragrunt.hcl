@@ -2,18 +2,9 @@ include "root" {
   path = find_in_parent_folders("root.hcl")
 }
 
-locals {
-  env = read_terragrunt_config(find_in_parent_folders("env.hcl")).locals
-}
-
-terraform {
-  source = "../../../modules//network"
-}
-
-inputs = {
-  name               = local.env.name
-  cluster_name       = local.env.name
-  azs                = local.env.azs
-  vpc_cidr           = local.env.vpc_cidr
-  single_nat_gateway = local.env.single_nat_gateway
+# Everything but the environment (env.hcl) is shared: see _envcommon/network.hcl.
+include "envcommon" {
+  path           = "${dirname(find_in_parent_folders("root.hcl"))}/_envcommon/network.hcl"
+  expose         = true
+  merge_strategy = "deep"
 }

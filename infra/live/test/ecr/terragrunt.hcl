@@ -2,15 +2,9 @@ include "root" {
   path = find_in_parent_folders("root.hcl")
 }
 
-locals {
-  env = read_terragrunt_config(find_in_parent_folders("env.hcl")).locals
-}
-
-terraform {
-  source = "../../../modules//ecr"
-}
-
-inputs = {
-  name         = local.env.name
-  force_delete = !local.env.deletion_protection
+# Everything but the environment (env.hcl) is shared: see _envcommon/ecr.hcl.
+include "envcommon" {
+  path           = "${dirname(find_in_parent_folders("root.hcl"))}/_envcommon/ecr.hcl"
+  expose         = true
+  merge_strategy = "deep"
 }
