@@ -5,21 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from serve_app.config import REPO_ROOT, SERVE_CONFIG_PATH, AppArgs, load_serve_config
-from serve_app.settings import Settings, child_env
+from serve_app.config import SERVE_CONFIG_PATH, AppArgs, load_serve_config
+from serve_app.settings import Settings
 
-BIN = Path(sys.executable).parent
 DEFAULT_APP = "qa"
 
 
 def _say(msg: str) -> None:
-    print(f"[serve_app] {msg}", flush=True)
+    # stderr: stdout of `local-services` is meant for `eval`.
+    print(f"[serve_app] {msg}", file=sys.stderr, flush=True)
 
 
 def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
@@ -70,74 +69,25 @@ def ensure_model(settings: Settings, app_args: AppArgs, quiet: bool = False) -> 
             provision_model(settings.model_source, Path(source), progress=not quiet)
 
 
-def ray_env(urls: dict[str, str]) -> dict[str, str]:
-    return child_env(
-        {
-            "HF_HUB_OFFLINE": "1",
-            **urls,
-        }
-    )
-
-
-def ray_running() -> bool:
-    return subprocess.run([str(BIN / "ray"), "status"], capture_output=True).returncode == 0
-
-
-def start_ray(env: dict[str, str], num_cpus: int) -> None:
-    if ray_running():
-        _say("Ray is already running here: deploying to it (its environment is not changed)")
-        return
-    subprocess.run(
-        [
-            str(BIN / "ray"), "start", "--head",
-            # 2-core machines: Serve and LLM replicas reserve logical CPUs;
-            # with only 2 they never all schedule.
-            f"--num-cpus={num_cpus}",
-            "--dashboard-host=127.0.0.1",
-            "--metrics-export-port=8080",
-            "--disable-usage-stats",
-        ],
-        check=True,
-        env=env,
-        cwd=REPO_ROOT,
-    )
-
-
-def wait_running(app_name: str, timeout_s: float) -> float:
-    import ray
-    from ray import serve
-
-    if not ray.is_initialized():
-        ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
-    t0 = time.monotonic()
-    last = None
-    while time.monotonic() - t0 < timeout_s:
-        status = serve.status().applications.get(app_name)
-        state = status.status if status else "NOT_STARTED"
-        if state != last:
-            _say(f"application {app_name}: {state} ({time.monotonic() - t0:.0f}s)")
-            last = state
-        if state == "RUNNING":
-            return time.monotonic() - t0
-        if state in ("DEPLOY_FAILED", "UNHEALTHY"):
-            raise RuntimeError(f"application {app_name} is {state}: {status.message}")
-        time.sleep(1)
-    raise TimeoutError(f"application {app_name} not RUNNING after {timeout_s:.0f}s")
-
-
 def cmd_run(settings: Settings, ns: argparse.Namespace) -> int:
+    from serve_app.local_ray import LocalRay
+
     config_path = Path(ns.config)
-    app_cfg = next(a for a in load_serve_config(config_path)["applications"] if a["name"] == ns.app)
+    config = load_serve_config(config_path)
+    app_cfg = next(a for a in config["applications"] if a["name"] == ns.app)
     app_args = AppArgs.model_validate(app_cfg.get("args") or {})
     urls = local_urls(settings)
-    env = ray_env(urls)
     cmd_migrate(settings.model_copy(update={"database_url": urls["DATABASE_URL"]}), ns)
     ensure_model(settings, app_args)
-    start_ray(env, ns.num_cpus)
-    subprocess.run([str(BIN / "serve"), "deploy", str(config_path)], check=True, env=env, cwd=REPO_ROOT)
-    took = wait_running(ns.app, ns.timeout)
-    _say(f"ready in {took:.0f}s: http://127.0.0.1:8000  (docs: /docs, Ray dashboard: http://127.0.0.1:8265)")
-    _say('try: curl -s -XPOST localhost:8000/question -H "content-type: application/json" '
+    http_port = int(config.get("http_options", {}).get("port", 8000))
+    ray = LocalRay(head_cpus=ns.num_cpus, gcs_port=ns.ray_port, dashboard_port=8265, http_port=http_port,
+                   metrics_port=8080, extra_env=urls)
+    _say(f"starting Ray (GCS 127.0.0.1:{ray.gcs_port}, dashboard {ray.dashboard}, metrics :{ray.metrics_port})")
+    ray.start()
+    # The URLs reach the replicas through the Ray processes' environment.
+    took = ray.deploy(config, timeout_s=ns.timeout, progress=True)
+    _say(f"ready in {took:.0f}s: {ray.url}  (docs: {ray.url}/docs, Ray dashboard: {ray.dashboard})")
+    _say(f'try: curl -s -XPOST {ray.url}/question -H "content-type: application/json" '
          "-d '{\"question\": \"What is the capital of France?\"}'")
     if ns.detach:
         _say("detached; stop with: python -m serve_app stop")
@@ -155,15 +105,9 @@ def cmd_run(settings: Settings, ns: argparse.Namespace) -> int:
     return cmd_stop(settings, ns)
 
 
-def stop_ray_and_engines(env: dict[str, str] | None = None) -> None:
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], check=False, capture_output=True, env=env, timeout=120)
-    # vLLM's engine processes are not Ray workers: `ray stop` leaves them
-    # running (each holds its KV cache, GBs of memory) once their replica dies.
-    subprocess.run(["pkill", "-9", "-f", "^VLLM::"], check=False, capture_output=True)
-
-
 def cmd_stop(settings: Settings, _: argparse.Namespace) -> int:
     from serve_app import local_services
+    from serve_app.local_ray import stop_ray_and_engines
 
     stop_ray_and_engines()
     local_services.stop_redis(settings.data_dir)
@@ -180,6 +124,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     run.add_argument("--config", default=str(SERVE_CONFIG_PATH))
     run.add_argument("--app", default=DEFAULT_APP)
     run.add_argument("--num-cpus", type=int, default=8, help="logical CPUs for the local Ray head")
+    run.add_argument("--ray-port", type=int, default=6380, help="Ray GCS port (6379 is Redis's)")
     run.add_argument("--timeout", type=float, default=900)
     run.add_argument("--detach", action="store_true", help="leave the service running and return")
     run.set_defaults(func=cmd_run)

@@ -96,13 +96,18 @@ async def client(app_args: AppArgs, settings: Settings) -> AsyncIterator[httpx.A
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One real Ray head for the whole session (started lazily by the tiers that need it)."""
-    from tests.serve_harness import LocalRay
+    """One real Ray cluster for the session (started lazily by the tiers that need it),
+    shaped like the RayService: a head that takes no work (num-cpus 0) and a
+    separate worker node process like the test overlay's CPU worker group."""
+    from tests.serve_harness import make_test_cluster
 
-    cluster = LocalRay()
+    cluster = make_test_cluster(head_cpus=0)
     cluster.start()
-    yield cluster
-    cluster.stop()
+    try:
+        cluster.add_worker(num_cpus=4, memory_bytes=8 * 2**30)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -57,7 +57,7 @@ def model_dir() -> Path:
     return MODEL_DIR
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def llm_app(ray_cluster, session_database, model_dir):
     prefix = f"t-{uuid.uuid4().hex[:12]}"
     config = ray_cluster.serve_config(

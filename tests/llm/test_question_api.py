@@ -139,8 +139,7 @@ def test_disconnect_aborts_generation(llm_app) -> None:
     took = wait_until_idle(llm_app, 8)
     after = engine_metrics(llm_app)
     assert after["finished"] == before["finished"]
-    print(f"\nengine idle {took:.1f}s after the client disconnected "
-          f"({after['tokens'] - before['tokens']:.0f} tokens generated of 512)")
+    print(f"\nengine idle {took:.1f}s after the client disconnected (max_tokens 512)")
 
 
 def test_openai_client_round_trip(llm_app) -> None:

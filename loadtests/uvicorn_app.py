@@ -1,0 +1,23 @@
+"""The FastAPI app under plain uvicorn, without Ray and without a model: the
+baseline of the users path and the target of the locust smoke test.
+
+    DATABASE_URL=... REDIS_URL=... REDIS_KEY_PREFIX=... \
+    .venv/bin/python -m uvicorn --factory loadtests.uvicorn_app:create --port 8001
+
+``LOADTEST_CACHE_ENABLED=0`` turns the Redis cache off (args cache.enabled=false).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import FastAPI
+
+from serve_app.config import AppArgs
+from serve_app.ingress import create_app
+from serve_app.settings import Settings
+
+
+def create() -> FastAPI:
+    enabled = os.environ.get("LOADTEST_CACHE_ENABLED", "1") not in ("0", "false", "no")
+    return create_app(AppArgs.model_validate({"cache": {"enabled": enabled}}), Settings())

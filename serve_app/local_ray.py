@@ -1,0 +1,149 @@
+"""A local Ray cluster (head, optional worker processes) and `serve deploy` onto it.
+
+Used by the run command, the tests and the benchmark. Ray's default GCS port
+is 6379, Redis's: the head always gets an explicit port.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from serve_app.config import REPO_ROOT, SERVE_CONFIG_PATH
+from serve_app.settings import child_env
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_ray_and_engines(env: dict[str, str] | None = None) -> None:
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], check=False, capture_output=True, env=env, timeout=120)
+    # vLLM's engine processes are not Ray workers: `ray stop` leaves them
+    # running (each holds its KV cache, GBs of memory) once their replica dies.
+    subprocess.run(["pkill", "-9", "-f", "^VLLM::"], check=False, capture_output=True)
+
+
+class LocalRay:
+    def __init__(
+        self,
+        *,
+        head_cpus: int = 8,
+        gcs_port: int | None = None,
+        dashboard_port: int | None = None,
+        http_port: int | None = None,
+        metrics_port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.gcs_port = gcs_port or free_port()
+        self.dashboard_port = dashboard_port or free_port()
+        self.http_port = http_port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self.head_cpus = head_cpus
+        self.env = child_env(
+            {
+                "HF_HUB_OFFLINE": "1",
+                # Token auth on the dashboard/jobs API (they run code), as on
+                # EKS; the token is generated into ~/.ray/auth_token.
+                "RAY_AUTH_MODE": "token",
+                **(extra_env or {}),
+            }
+        )
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.address = f"127.0.0.1:{self.gcs_port}"
+
+    def _ray(self, *args: str) -> None:
+        out = subprocess.run([str(BIN / "ray"), *args], env=self.env, cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=180)
+        if out.returncode != 0:
+            raise RuntimeError(f"ray {args[0]} failed: {out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+
+    def start(self) -> None:
+        self._ray(
+            "start", "--head",
+            f"--port={self.gcs_port}",
+            f"--dashboard-port={self.dashboard_port}",
+            "--dashboard-host=127.0.0.1",
+            f"--metrics-export-port={self.metrics_port}",
+            # On 2 cores, Ray would offer 2 logical CPUs and the ingress plus
+            # an engine's placement group would not all schedule.
+            f"--num-cpus={self.head_cpus}",
+            "--disable-usage-stats",
+        )
+
+    def add_worker(self, num_cpus: int, memory_bytes: int | None = None) -> None:
+        """A worker node process, shaped like a KubeRay worker group."""
+        args = ["start", f"--address={self.address}", f"--num-cpus={num_cpus}", "--disable-usage-stats"]
+        if memory_bytes:
+            args.append(f"--memory={memory_bytes}")
+        self._ray(*args)
+
+    def stop(self) -> None:
+        stop_ray_and_engines(self.env)
+
+    def serve_config(self, args: dict[str, Any] | None = None, env_vars: dict[str, str] | None = None,
+                     base: dict[str, Any] | None = None) -> dict[str, Any]:
+        """serve_config.yaml (or ``base``) with this cluster's HTTP port, and optionally other args/env."""
+        config = base if base is not None else yaml.safe_load(SERVE_CONFIG_PATH.read_text())
+        config.setdefault("http_options", {})["port"] = self.http_port
+        app = config["applications"][0]
+        if args is not None:
+            app["args"] = args
+        if env_vars:
+            app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env_vars)
+        return config
+
+    def deploy(self, config: dict[str, Any], timeout_s: float = 600, progress: bool = False) -> float:
+        """`serve deploy` the config; returns seconds until the app is RUNNING."""
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(config, f)
+        t0 = time.monotonic()
+        out = subprocess.run([str(BIN / "serve"), "deploy", f.name, "-a", self.dashboard], env=self.env,
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"serve deploy failed: {out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+        return self.wait_running(config["applications"][0]["name"], timeout_s, t0, progress)
+
+    def wait_running(self, name: str, timeout_s: float, t0: float | None = None, progress: bool = False) -> float:
+        t0 = time.monotonic() if t0 is None else t0
+        last = None
+        while time.monotonic() - t0 < timeout_s:
+            status = self.app_status(name).get("status")
+            if progress and status != last:
+                print(f"[serve_app] application {name}: {status} ({time.monotonic() - t0:.0f}s)", flush=True)
+                last = status
+            if status == "RUNNING":
+                return time.monotonic() - t0
+            if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise RuntimeError(f"deploy failed: {json.dumps(self.app_status(name))[:3000]}")
+            time.sleep(1)
+        raise TimeoutError(f"not RUNNING after {timeout_s}s: {json.dumps(self.app_status(name))[:3000]}")
+
+    def auth_headers(self) -> dict[str, str]:
+        token = Path.home() / ".ray" / "auth_token"
+        return {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else {}
+
+    def app_status(self, name: str) -> dict[str, Any]:
+        r = httpx.get(f"{self.dashboard}/api/serve/applications/", headers=self.auth_headers(), timeout=10)
+        r.raise_for_status()
+        return r.json().get("applications", {}).get(name, {})
+
+    def deployments(self, name: str) -> dict[str, Any]:
+        return self.app_status(name).get("deployments", {})
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text

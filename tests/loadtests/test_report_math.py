@@ -1,0 +1,102 @@
+"""The benchmark report's arithmetic (serve_app/bench_report.py) and its Markdown."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from serve_app import bench_report as R
+
+
+def test_percentile_interpolates_like_numpy_linear() -> None:
+    data = [10, 20, 30, 40]
+    assert R.percentile(data, 0) == 10
+    assert R.percentile(data, 100) == 40
+    assert R.percentile(data, 50) == 25
+    assert R.percentile(data, 95) == pytest.approx(38.5)
+    assert R.percentile([5], 99) == 5
+    assert R.percentile([], 50) is None
+    assert R.percentile(reversed(data), 50) == 25  # any order, any iterable
+
+
+def test_percentile_matches_statistics_quantiles() -> None:
+    rng = random.Random(7)
+    data = [rng.expovariate(1 / 20) for _ in range(1001)]
+    cuts = statistics.quantiles(data, n=100, method="inclusive")
+    for q in (1, 50, 95, 99):
+        assert R.percentile(data, q) == pytest.approx(cuts[q - 1])
+
+
+def test_percentile_rejects_out_of_range() -> None:
+    with pytest.raises(ValueError):
+        R.percentile([1, 2], 101)
+
+
+def test_summarize_rates_and_errors() -> None:
+    s = R.summarize([10.0] * 90 + [100.0] * 10, wall_s=2.0, errors=25)
+    assert s["count"] == 100 and s["errors"] == 25
+    assert s["error_rate"] == pytest.approx(0.2)
+    assert s["rps"] == pytest.approx(50.0)  # successful requests only
+    assert s["p50_ms"] == 10.0
+    assert s["p99_ms"] == 100.0
+    assert s["mean_ms"] == pytest.approx(19.0)
+    empty = R.summarize([], wall_s=None)
+    assert empty["rps"] is None and empty["p50_ms"] is None and empty["error_rate"] == 0.0
+
+
+def test_tokens_per_s_and_ratios() -> None:
+    assert R.tokens_per_s([32, 32, 16], 2.0) == pytest.approx(40.0)
+    assert R.tokens_per_s([32], 0) is None
+    assert R.ratio(76.0, 80.0) == pytest.approx(0.95)
+    assert R.ratio(None, 80.0) is None
+    assert R.ratio(1.0, 0) is None
+    assert R.rate(10, -1) is None
+
+
+def test_verdicts() -> None:
+    assert R.verdict(0.95, 0.95) == "PASS"
+    assert R.verdict(0.949, 0.95) == "MISS"
+    assert R.verdict(20.0, 20, higher_is_better=False) == "PASS"
+    assert R.verdict(20.1, 20, higher_is_better=False) == "MISS"
+    assert R.verdict(None, 1) == "n/a"
+
+
+def test_generator_saturation_and_query_counting() -> None:
+    assert R.generator_saturated(9.5, 10.0) is True
+    assert R.generator_saturated(4.0, 10.0) is False
+    assert R.generator_saturated(15.0, 10.0, threads=2) is False
+    assert R.generator_saturated(1.0, 0) is False
+    assert R.queries_from_counter(6, 2.0) == pytest.approx(3.0)
+    assert R.queries_from_counter(6, 0) is None
+
+
+def test_fmt_and_table() -> None:
+    assert R.fmt(None) == "n/a"
+    assert R.fmt(float("nan")) == "n/a"
+    assert R.fmt(1.234, 2, " ms") == "1.23 ms"
+    assert R.fmt(7) == "7"
+    table = R.md_table(["a", "b"], [[1, 2]])
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+
+
+def test_report_renders_ratios_from_results() -> None:
+    from loadtests.report import write_report
+
+    res = {
+        "machine": {"cores": 2, "cpu_model": "X", "isa": ["avx2"], "memory_gb": 24},
+        "plan": {"llm_levels": [1, 32], "users_levels": [32], "ttft_levels": [1, 8], "prompts": ["q"],
+                 "max_tokens": 32},
+        "llm_serve": {"32": {"tokens_per_s": 76.0, "p50_ms": 1, "p95_ms": 2}},
+        "direct": {"throughput": {"32": {"tokens_per_s": 80.0}}, "ttft": {"1": {"ttft_p50_ms": 100.0}}},
+        "ttft_serve": {"1": {"ttft_p50_ms": 108.0}},
+        "users_uvicorn": {"32": {"rps": 1000.0}},
+        "users_serve": {"32": {"rps": 550.0}},
+        "answer_cache": {"cached_p50_ms": 12.0, "fresh_p50_ms": 600.0},
+    }
+    md = write_report(res, [])
+    assert "| 1 | LLM tokens/s, Serve / direct at 32 concurrent | 0.95 | >= 0.95 | PASS |" in md
+    assert "| 0.55 | >= 0.6 | MISS |" in md
+    assert "8.0 ms / n/a | <= 10 ms | PASS |" in md
+    assert "12.0 ms | <= 20 ms | PASS" in md
