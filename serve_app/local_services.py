@@ -30,8 +30,9 @@ def stop_postgres(data_dir: Path) -> None:
         return
     import pgserver
 
-    pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
-    subprocess.run([str(pg_ctl), "-D", str(pgdata), "-m", "fast", "-w", "stop"], check=False, capture_output=True)
+    # pgserver runs the server as its own system user (pg_ctl refuses root);
+    # its handle knows how to stop it.
+    pgserver.get_server(pgdata, cleanup_mode="stop").cleanup()
 
 
 def _redis_binary() -> str:
