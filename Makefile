@@ -3,10 +3,13 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run stop model lint test test-unit test-integration test-llm test-infra test-kuberay
+.PHONY: setup system-deps run stop model monitoring lint test test-unit test-integration test-llm test-infra test-kuberay
 
 setup:
 	@bash .ci/setup.sh
+
+system-deps:
+	@bash .ci/system-deps.sh
 
 # Starts PostgreSQL/Redis under .local/ when DATABASE_URL/REDIS_URL are unset,
 # provisions the model if missing, starts Ray and deploys serve_config.yaml.
@@ -19,16 +22,20 @@ stop: setup
 model: setup
 	$(PY) -m serve_app provision-model --quiet
 
+# Local Prometheus on :9090 scraping the run command's Ray (metrics on :8080).
+monitoring: setup system-deps
+	$(PY) -m serve_app monitoring
+
 lint: setup
 	$(VENV)/bin/ruff check serve_app tests
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
 
-test-integration: setup
+test-integration: setup system-deps
 	$(PY) -m pytest tests/integration -q
 
-test-llm: model
+test-llm: model system-deps
 	$(PY) -m pytest tests/llm -q
 
 test-infra:
@@ -40,7 +47,7 @@ test-kuberay:
 # Everything CI runs: lint, the three pytest tiers (unit, integration on real
 # PostgreSQL/Redis/Ray, the real model on vLLM), then the offline infra and
 # KubeRay checks.
-test: lint model
+test: lint model system-deps
 	$(PY) -m pytest tests/unit tests/integration tests/llm -q
 	bash infra/scripts/check.sh
 	bash kuberay/scripts/check.sh

@@ -43,7 +43,16 @@ def build_app(args: dict[str, Any]) -> Application:
                              pool.name, model.model_id, pool.enabled, gpus)
                     continue
                 name = deployment_name(model, pool)
-                deployment = build_llm_deployment(llm_config(model, pool), override_serve_options={"name": name})
+                deployment = build_llm_deployment(
+                    llm_config(model, pool),
+                    # Access lines carry the request id the ingress passed
+                    # along, so one question can be followed into its pool.
+                    # (A deployment's logging_config replaces the app's: repeat JSON.)
+                    override_serve_options={
+                        "name": name,
+                        "logging_config": {"encoding": "JSON", "log_level": "INFO", "enable_access_log": True},
+                    },
+                )
                 autoscaling = pool.deployment.autoscaling
                 pools.append(
                     {

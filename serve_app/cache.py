@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from serve_app.metrics import AppMetrics
 from serve_app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,11 @@ def create_redis(settings: Settings, url: str) -> Redis:
 
 
 class Cache:
-    def __init__(self, redis: Redis | None, prefix: str, breaker_cooldown_s: float = 2.0) -> None:
+    def __init__(
+        self, redis: Redis | None, prefix: str, breaker_cooldown_s: float = 2.0, metrics: AppMetrics | None = None
+    ) -> None:
         self._redis = redis
+        self._metrics = metrics or AppMetrics()
         self._prefix = prefix
         self._cooldown = breaker_cooldown_s
         self._skip_until = 0.0
@@ -62,6 +66,7 @@ class Cache:
 
     def _failed(self, op: str, exc: BaseException) -> None:
         self.errors += 1
+        self._metrics.dependency_error("redis")
         if time.monotonic() >= self._skip_until:
             log.warning("redis %s failed (%s: %s); serving without cache for %.1fs",
                         op, type(exc).__name__, exc, self._cooldown)
@@ -123,7 +128,8 @@ class Cache:
 
     # -- read-through with single flight ---------------------------------------
     async def get_or_load(
-        self, key: str, loader: Callable[[], Awaitable[Any]], ttl_s: int, *, cache_none: bool = False
+        self, key: str, loader: Callable[[], Awaitable[Any]], ttl_s: int, *, cache_none: bool = False,
+        name: str = "default",
     ) -> Any:
         """Return the cached value or load it once for all concurrent callers.
 
@@ -135,6 +141,7 @@ class Cache:
         pending = self._inflight.get(key)
         if pending is not None:
             self.hits += 1
+            self._metrics.cache_lookup(name, hit=True)
             value = await asyncio.shield(pending)
         else:
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -142,7 +149,7 @@ class Cache:
             # and at most one loader call.
             self._inflight[key] = fut
             try:
-                value = await self._read_through(key, loader, ttl_s, cache_none)
+                value = await self._read_through(key, loader, ttl_s, cache_none, name)
             except BaseException as exc:
                 fut.set_exception(exc)
                 # Waiters re-raise it; mark it retrieved so an unwaited future
@@ -156,9 +163,10 @@ class Cache:
         return None if value == _MISSING else value
 
     async def _read_through(
-        self, key: str, loader: Callable[[], Awaitable[Any]], ttl_s: int, cache_none: bool
+        self, key: str, loader: Callable[[], Awaitable[Any]], ttl_s: int, cache_none: bool, name: str
     ) -> Any:
         cached = await self.get_json(key)
+        self._metrics.cache_lookup(name, hit=cached is not None)
         if cached is not None:
             self.hits += 1
             return cached

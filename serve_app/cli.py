@@ -108,11 +108,29 @@ def cmd_run(settings: Settings, ns: argparse.Namespace) -> int:
 def cmd_stop(settings: Settings, _: argparse.Namespace) -> int:
     from serve_app import local_services
     from serve_app.local_ray import stop_ray_and_engines
+    from serve_app.monitoring import stop_prometheus
 
     stop_ray_and_engines()
+    stop_prometheus(settings.data_dir)
     local_services.stop_redis(settings.data_dir)
     local_services.stop_postgres(settings.data_dir)
     _say("stopped Ray and the local PostgreSQL/Redis (if they were started here)")
+    return 0
+
+
+def cmd_monitoring(settings: Settings, ns: argparse.Namespace) -> int:
+    from serve_app.monitoring import start_prometheus
+
+    try:
+        url = start_prometheus(settings.data_dir, [f"127.0.0.1:{ns.metrics_port}"])
+    except FileNotFoundError as exc:
+        _say(str(exc))
+        return 2
+    _say(f"Prometheus at {url}, scraping Ray's metrics on 127.0.0.1:{ns.metrics_port}")
+    _say("Ray dashboard metrics: start the service with RAY_PROMETHEUS_HOST set, e.g. "
+         f"`RAY_PROMETHEUS_HOST={url} make run` (add RAY_GRAFANA_HOST=<your Grafana> for the embedded panels)")
+    _say("Grafana: add this Prometheus as a data source and import "
+         "kuberay/components/monitoring/dashboards/qa-service.json")
     return 0
 
 
@@ -131,6 +149,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
     sub.add_parser("stop", help="stop Ray and the local PostgreSQL/Redis").set_defaults(func=cmd_stop)
     sub.add_parser("migrate", help="apply database migrations to DATABASE_URL").set_defaults(func=cmd_migrate)
+    mon = sub.add_parser("monitoring", help="start a local Prometheus scraping the local Ray's metrics")
+    mon.add_argument("--metrics-port", type=int, default=8080, help="Ray's --metrics-export-port")
+    mon.set_defaults(func=cmd_monitoring)
     sub.add_parser("local-services", help="start local PostgreSQL/Redis; print their URLs").set_defaults(
         func=cmd_local_services
     )

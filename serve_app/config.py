@@ -138,6 +138,8 @@ class LLMArgs(_Strict):
     request_deadline_s: float = Field(default=120.0, gt=0)
     default_max_tokens: int = Field(default=128, ge=1, le=512)
     default_temperature: float = Field(default=0.7, ge=0, le=2)
+    # Question text is user content: kept out of the logs unless turned on.
+    log_question_text: bool = False
     # How often each ingress replica refreshes which pools have running replicas.
     pool_status_refresh_s: float = Field(default=1.0, gt=0)
 

@@ -6,6 +6,7 @@ id; nothing else in the code base builds an error response.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from typing import Any
 
@@ -18,6 +19,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve_app.request_id import current_request_id
 
 log = logging.getLogger(__name__)
+
+# Set per request by the access log, so the error code chosen deep in the
+# stack reaches its log line and metrics.
+_error_info: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("error_info", default=None)
+
+
+def track_errors() -> dict[str, str]:
+    holder: dict[str, str] = {}
+    _error_info.set(holder)
+    return holder
 
 
 class AppError(Exception):
@@ -110,6 +121,9 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     rid = current_request_id()
+    holder = _error_info.get()
+    if holder is not None:
+        holder["code"] = code
     body: dict[str, Any] = {
         "error": {"code": code, "message": message, "request_id": rid},
         # FastAPI clients of the replaced service read "detail".

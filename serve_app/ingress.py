@@ -19,6 +19,7 @@ from ray import serve
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve_app import db
+from serve_app.access import AccessLogMiddleware
 from serve_app.cache import Cache, create_redis
 from serve_app.config import AppArgs
 from serve_app.errors import (
@@ -30,6 +31,7 @@ from serve_app.errors import (
     install_error_handlers,
 )
 from serve_app.llm_client import LLMBackend
+from serve_app.metrics import AppMetrics
 from serve_app.request_id import RequestIdMiddleware
 from serve_app.schemas import Health, QuestionRequest, QuestionResponse, Readiness, User, UserCreate
 from serve_app.settings import Settings, get_settings
@@ -37,7 +39,7 @@ from serve_app.users_repo import UsersRepository
 
 log = logging.getLogger(__name__)
 
-LLMFactory = Callable[[], LLMBackend]
+LLMFactory = Callable[[AppMetrics], LLMBackend]
 
 
 class Migrations:
@@ -80,22 +82,26 @@ def create_app(
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set (the run command sets it when it starts a local PostgreSQL)")
 
+    metrics = AppMetrics()
     # Filled by the lifespan. Ray Serve runs the lifespan but, unlike uvicorn,
     # does not copy its state into each request; _LifespanState does.
-    resources: dict[str, Any] = {}
+    resources: dict[str, Any] = {"metrics": metrics}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         pool = await db.create_pool(settings, settings.database_url)
         redis = create_redis(settings, settings.redis_url) if (settings.redis_url and args.cache.enabled) else None
-        cache = Cache(redis, settings.redis_key_prefix, settings.redis_breaker_cooldown_s)
+        cache = Cache(redis, settings.redis_key_prefix, settings.redis_breaker_cooldown_s, metrics)
         migrations = Migrations(settings, settings.database_url)
         await migrations.start()
-        llm = llm_factory() if llm_factory else None
+        llm = llm_factory(metrics) if llm_factory else None
         if llm is not None:
             await llm.start()
         resources.update(
-            repo=UsersRepository(pool, settings.db_acquire_timeout_s), cache=cache, migrations=migrations, llm=llm
+            repo=UsersRepository(pool, settings.db_acquire_timeout_s, metrics),
+            cache=cache,
+            migrations=migrations,
+            llm=llm,
         )
         try:
             yield resources
@@ -119,6 +125,7 @@ def create_app(
     # request id is still known.
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(_LifespanState, resources=resources)
+    app.add_middleware(AccessLogMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware, behind_serve_proxy=behind_serve_proxy)
     install_error_handlers(app)
     _add_routes(app, args, settings)
@@ -218,12 +225,12 @@ def _add_routes(app: FastAPI, args: AppArgs, settings: Settings) -> None:
         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     ) -> Any:
         key = await cache.users_list_key(limit, offset)
-        return await cache.get_or_load(key, lambda: repo.list(limit, offset), ttl.users_list_ttl_s)
+        return await cache.get_or_load(key, lambda: repo.list(limit, offset), ttl.users_list_ttl_s, name="users_list")
 
     @app.get("/users/{user_id}", response_model=User, tags=["users"], responses={404: {"description": "no such user"}})
     async def get_user(user_id: Annotated[int, _user_id_path()], repo: RepoDep, cache: CacheDep) -> Any:
         user = await cache.get_or_load(
-            cache.user_key(user_id), lambda: repo.get(user_id), ttl.user_ttl_s, cache_none=True
+            cache.user_key(user_id), lambda: repo.get(user_id), ttl.user_ttl_s, cache_none=True, name="user"
         )
         if user is None:
             raise NotFound(f"user {user_id} not found")
@@ -240,15 +247,26 @@ def _add_routes(app: FastAPI, args: AppArgs, settings: Settings) -> None:
             "temperature": llm_args.default_temperature if body.temperature is None else body.temperature,
         }
 
+    async def _cached_answer(request: Request, cache: Cache, key: str) -> dict[str, Any] | None:
+        if _no_cache(request):
+            return None
+        hit = await cache.get_json(key)
+        request.state.metrics.cache_lookup("answer", hit=hit is not None)
+        return hit
+
+    def _log_question(question: str) -> None:
+        if llm_args.log_question_text:
+            log.info("question: %s", question[:200])
+
     @app.post("/question", response_model=QuestionResponse, tags=["questions"])
     async def question(body: QuestionRequest, request: Request, llm: LLMDep, cache: CacheDep) -> Any:
         model = llm_args.default_model
         params = _params(body)
+        _log_question(body.question)
         key = cache.answer_key(model, body.question, params)
-        if not _no_cache(request):
-            hit = await cache.get_json(key)
-            if hit is not None:
-                return {**hit, "question": body.question, "cached": True}
+        hit = await _cached_answer(request, cache, key)
+        if hit is not None:
+            return {**hit, "question": body.question, "cached": True}
         result = await llm.chat(
             model, {"messages": [{"role": "user", "content": body.question}], **params}, llm_args.request_deadline_s
         )
@@ -259,6 +277,7 @@ def _add_routes(app: FastAPI, args: AppArgs, settings: Settings) -> None:
             "model": model,
             "usage": result.body.get("usage"),
         }
+        request.state.metrics.completion_tokens(model, result.pool, (answer["usage"] or {}).get("completion_tokens", 0))
         await cache.set_json(key, answer, ttl.answer_ttl_s)
         return JSONResponse({**answer, "cached": False}, headers={"X-Served-By-Pool": result.pool})
 
@@ -271,8 +290,9 @@ def _add_routes(app: FastAPI, args: AppArgs, settings: Settings) -> None:
     async def question_stream(body: QuestionRequest, request: Request, llm: LLMDep, cache: CacheDep) -> Any:
         model = llm_args.default_model
         params = _params(body)
+        _log_question(body.question)
         key = cache.answer_key(model, body.question, params)
-        hit = None if _no_cache(request) else await cache.get_json(key)
+        hit = await _cached_answer(request, cache, key)
         if hit is not None:
 
             async def replay() -> AsyncIterator[str]:
@@ -281,9 +301,11 @@ def _add_routes(app: FastAPI, args: AppArgs, settings: Settings) -> None:
 
             return StreamingResponse(replay(), media_type="text/event-stream")
 
+        started = time.perf_counter()
         stream = await llm.chat_stream(
             model, {"messages": [{"role": "user", "content": body.question}], **params}, llm_args.request_deadline_s
         )
+        metrics = request.state.metrics
 
         async def events() -> AsyncIterator[str]:
             parts: list[str] = []
@@ -301,12 +323,15 @@ def _add_routes(app: FastAPI, args: AppArgs, settings: Settings) -> None:
                     for choice in chunk.get("choices") or []:
                         text = (choice.get("delta") or {}).get("content")
                         if text:
+                            if not parts:
+                                metrics.first_token(model, stream.pool, time.perf_counter() - started)
                             parts.append(text)
                             yield _sse("token", {"text": text})
             except AppError as exc:
                 yield _sse("error", {"error": {"code": exc.code, "message": exc.message}})
                 return
             answer = {"question": body.question, "answer": "".join(parts), "model": model, "usage": usage}
+            metrics.completion_tokens(model, stream.pool, (usage or {}).get("completion_tokens", 0))
             await cache.set_json(key, answer, ttl.answer_ttl_s)
             yield _sse("done", {**answer, "cached": False})
 
@@ -393,13 +418,13 @@ class Ingress:
         from serve_app.logs import configure_logging
 
         settings = get_settings()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, under_serve=True)
         factory: LLMFactory | None = None
         if self._args.llm is not None and self._llm_pools:
             llm_args = self._args.llm
             app_name = serve.get_replica_context().app_name
 
-            def factory() -> LLMBackend:
+            def factory(metrics: AppMetrics) -> LLMBackend:
                 pools = {
                     model: [
                         Pool(
@@ -417,6 +442,7 @@ class Ingress:
                     app_name=app_name,
                     wake_idle_pools=llm_args.wake_idle_pools,
                     refresh_s=llm_args.pool_status_refresh_s,
+                    metrics=metrics,
                 )
 
         return create_app(self._args, settings, factory, behind_serve_proxy=True)

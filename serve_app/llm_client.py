@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from serve_app.errors import DeadlineExceeded, DependencyUnavailable, InvalidInput, NotFound, Overloaded
+from serve_app.metrics import AppMetrics
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,10 @@ class ServeLLMBackend:
         wake_idle_pools: bool,
         refresh_s: float,
         running_counts: Callable[[str | None], dict[str, int]] | None = None,
+        metrics: AppMetrics | None = None,
     ) -> None:
         self._pools = pools_by_model
+        self._metrics = metrics or AppMetrics()
         self._app_name = app_name
         self._running_counts = running_counts or serve_running_counts
         self._wake_idle_pools = wake_idle_pools
@@ -206,6 +209,7 @@ class ServeLLMBackend:
                 first = await gen.__anext__()
             except BackPressureError:
                 pool.spilled += 1
+                self._metrics.spillover(model_id, pool.name)
                 log.info("pool %s is full; trying the next pool", pool.name)
                 continue
             except DeploymentUnavailableError as exc:
@@ -241,6 +245,7 @@ class ServeLLMBackend:
                 gen.cancel()
             raise DeadlineExceeded(f"no answer within {deadline_s:g}s; the generation was cancelled") from exc
         except RayError as exc:
+            self._metrics.dependency_error("llm")
             raise DependencyUnavailable("model replica failed; retry shortly") from exc
         return ChatResult(body=item.model_dump(mode="json"), pool=pool.name)
 
@@ -256,6 +261,7 @@ class ServeLLMBackend:
         except TimeoutError as exc:
             raise DeadlineExceeded(f"no answer within {deadline_s:g}s") from exc
         except RayError as exc:
+            self._metrics.dependency_error("llm")
             raise DependencyUnavailable("model replica failed; retry shortly") from exc
         items = first if isinstance(first, list) else [first]
         if items and _is_error(items[0]):

@@ -65,6 +65,7 @@ class LocalRay:
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.address = f"127.0.0.1:{self.gcs_port}"
+        self.worker_metrics_ports: list[int] = []
 
     def _ray(self, *args: str) -> None:
         out = subprocess.run([str(BIN / "ray"), *args], env=self.env, cwd=REPO_ROOT, capture_output=True, text=True,
@@ -84,10 +85,16 @@ class LocalRay:
             f"--num-cpus={self.head_cpus}",
             "--disable-usage-stats",
         )
+        # The newest session is this one: its logs/ holds every replica's log.
+        self.session_dir = (Path(tempfile.gettempdir()) / "ray" / "session_latest").resolve()
 
     def add_worker(self, num_cpus: int, memory_bytes: int | None = None) -> None:
         """A worker node process, shaped like a KubeRay worker group."""
-        args = ["start", f"--address={self.address}", f"--num-cpus={num_cpus}", "--disable-usage-stats"]
+        # Each node's metrics agent exports only its own node's processes.
+        port = free_port()
+        self.worker_metrics_ports.append(port)
+        args = ["start", f"--address={self.address}", f"--num-cpus={num_cpus}", f"--metrics-export-port={port}",
+                "--disable-usage-stats"]
         if memory_bytes:
             args.append(f"--memory={memory_bytes}")
         self._ray(*args)
@@ -145,5 +152,10 @@ class LocalRay:
     def deployments(self, name: str) -> dict[str, Any]:
         return self.app_status(name).get("deployments", {})
 
+    def log_files(self, pattern: str = "logs/serve/*.log") -> list[Path]:
+        return sorted(self.session_dir.glob(pattern))
+
     def metrics(self) -> str:
-        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
+        """Prometheus text of every node of the cluster."""
+        ports = [self.metrics_port, *self.worker_metrics_ports]
+        return "\n".join(httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text for p in ports)

@@ -1,4 +1,9 @@
-"""Structured logging: one JSON object per line, carrying the request id."""
+"""Structured logging: one JSON object per line, carrying the request id.
+
+Under Ray Serve our loggers write through Serve's own replica handlers, so the
+lines land in the replica's log file (and the dashboard) with Serve's request
+id, route and replica fields; elsewhere a plain JSON handler writes to stderr.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ import logging
 import time
 
 from serve_app.request_id import current_request_id
+
+# Attributes every LogRecord has; anything else was passed with ``extra=``.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,15 +28,30 @@ class JsonFormatter(logging.Formatter):
         rid = current_request_id()
         if rid:
             out["request_id"] = rid
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and value is not None:
+                out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", *, under_serve: bool = False) -> None:
     logger = logging.getLogger("serve_app")
     logger.setLevel(level.upper())
+    logger.propagate = False
+    if under_serve:
+        serve_handlers = logging.getLogger("ray.serve").handlers
+        if serve_handlers:
+            logger.handlers = list(serve_handlers)
+            return
     if not any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
+
+
+def redact_email(email: str) -> str:
+    """``ada@example.com`` -> ``a***@example.com``: enough to correlate, not to identify."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}" if domain else "***"

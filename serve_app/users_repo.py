@@ -15,6 +15,7 @@ import asyncpg
 
 from serve_app.db import UNAVAILABLE_ERRORS
 from serve_app.errors import Conflict, DependencyUnavailable
+from serve_app.metrics import AppMetrics
 
 User = dict[str, Any]
 
@@ -22,8 +23,9 @@ _COLUMNS = "id, name, email"
 
 
 class UsersRepository:
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float, metrics: AppMetrics | None = None) -> None:
         self._pool = pool
+        self._metrics = metrics or AppMetrics()
         self._acquire_timeout_s = acquire_timeout_s
         # Lets tests and the benchmark count the queries the cache saves.
         self.queries = 0
@@ -35,6 +37,7 @@ class UsersRepository:
                 self.queries += 1
                 yield conn
         except UNAVAILABLE_ERRORS as exc:
+            self._metrics.dependency_error("postgres")
             raise DependencyUnavailable("database unavailable") from exc
 
     async def create(self, name: str, email: str) -> User:

@@ -66,3 +66,56 @@ def test_cold_and_cached_latency_over_serve(users_app) -> None:
     print(f"\nGET /users/{{id}} through Serve: cold p50 {statistics.median(cold) * 1000:.1f} ms, "
           f"cached p50 {statistics.median(warm) * 1000:.1f} ms")
     assert statistics.median(warm) < 1.0
+
+
+def _scrape(cluster, route: str, status: str) -> float:
+    total = 0.0
+    for line in cluster.metrics().splitlines():
+        if line.startswith("ray_qa_http_requests") and f'route="{route}"' in line and f'status="{status}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_request_metrics_reach_the_metrics_endpoint(users_app) -> None:
+    before = _scrape(users_app, "/healthz", "200")
+    for _ in range(7):
+        assert httpx.get(users_app.url + "/healthz").status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _scrape(users_app, "/healthz", "200") < before + 7:
+        time.sleep(0.5)
+    assert _scrape(users_app, "/healthz", "200") == before + 7
+
+
+def test_no_email_or_name_in_any_log(users_app) -> None:
+    email = f"private.person.{uuid.uuid4().hex[:8]}@example.com"
+    with httpx.Client(base_url=users_app.url, timeout=10) as c:
+        assert c.post("/users", json={"name": "Private Person", "email": email}).status_code == 200
+        assert c.post("/users", json={"name": "Private Person", "email": email}).status_code == 409
+    time.sleep(2)  # log files are flushed asynchronously
+    files = users_app.log_files("logs/serve/*.log") + users_app.log_files("logs/worker-*")
+    assert files
+    leaks = [f.name for f in files if email in f.read_text(errors="replace")]
+    assert not leaks, leaks
+
+
+def test_local_prometheus_scrapes_the_app_metrics(users_app, tmp_path) -> None:
+    from serve_app.local_ray import free_port
+    from serve_app.monitoring import start_prometheus, stop_prometheus
+
+    targets = [f"127.0.0.1:{p}" for p in (users_app.metrics_port, *users_app.worker_metrics_ports)]
+    url = start_prometheus(tmp_path, targets, port=free_port())
+    try:
+        for _ in range(3):
+            httpx.get(users_app.url + "/healthz")
+        deadline = time.monotonic() + 60
+        result = []
+        while time.monotonic() < deadline and not result:
+            time.sleep(1)
+            try:
+                r = httpx.get(f"{url}/api/v1/query", params={"query": 'ray_qa_http_requests_total{route="/healthz"}'})
+                result = r.json()["data"]["result"]
+            except (httpx.HTTPError, KeyError, ValueError):
+                continue
+        assert result, "Prometheus never scraped the app's request counter"
+    finally:
+        stop_prometheus(tmp_path)

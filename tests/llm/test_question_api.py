@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 
-from serve_app.config import DEFAULT_MODEL_ID
+from serve_app.config import DEFAULT_MODEL_ID, REPO_ROOT
 from tests.llm.conftest import DEADLINE_S, GPU_ONLY_MODEL
 
 pytestmark = pytest.mark.llm
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+OUT = REPO_ROOT / "test-output"
 
 
 def unique_question(text: str = "What is the capital of France?") -> str:
@@ -218,3 +223,76 @@ def test_dashboard_shows_pools_as_deployments(llm_app) -> None:
     for name, d in deployments.items():
         if not name.startswith("gpu-pool:"):
             assert d["status"] == "HEALTHY", (name, d["status"])
+
+
+def test_request_id_reaches_ingress_and_llm_logs(llm_app) -> None:
+    rid = f"trace-{uuid.uuid4().hex[:12]}"
+    r = httpx.post(f"{llm_app.url}/question", json={"question": unique_question(), "max_tokens": 4},
+                   headers={"X-Request-Id": rid, "Cache-Control": "no-cache"}, timeout=120)
+    assert r.status_code == 200 and r.headers["x-request-id"] == rid
+    pool = r.headers["x-served-by-pool"]
+    # Serve's replica files and the workers' stderr (where vLLM's logging
+    # setup sends the engine replica's lines): both are in the dashboard.
+    deadline = time.monotonic() + 20
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        for f in llm_app.log_files("logs/serve/replica_qa_*.log") + llm_app.log_files("logs/worker-*.err"):
+            for line in f.read_text(errors="replace").splitlines():
+                if rid in line:
+                    seen.update(k for k in ("Ingress", f"{pool}-pool:") if k in line)
+        if seen == {"Ingress", f"{pool}-pool:"}:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"request id {rid} found only in {seen or 'no'} log lines, not ingress and {pool} pool")
+
+
+def test_dashboard_queries_name_live_metrics(llm_app) -> None:
+    """Serve's and vLLM's series the dashboard uses are really exported by this
+    cluster (our own are checked against their definitions in the unit tier)."""
+    from tests.unit.test_grafana_dashboard import dashboard_metric_names
+
+    theirs = {n for n in dashboard_metric_names() if not n.startswith("ray_qa_")}
+    live: set[str] = set()
+    # Gauges are exported when they change: keep the engines busy meanwhile.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (theirs <= live):
+        httpx.post(f"{llm_app.url}/question", json={"question": unique_question(), "max_tokens": 8},
+                   headers={"Cache-Control": "no-cache"}, timeout=60)
+        live |= {line.split("{", 1)[0].split(" ", 1)[0] for line in llm_app.metrics().splitlines()
+                 if line and not line.startswith("#")}
+        time.sleep(1)
+    assert theirs and theirs <= live, theirs - live
+    # Ours that this module's traffic must have produced by now.
+    for name in ("ray_qa_http_requests_total", "ray_qa_llm_time_to_first_token_seconds_bucket",
+                 "ray_qa_cache_lookups_total", "ray_qa_llm_spillovers_total"):
+        assert name in live, name
+
+
+def test_serve_page_shows_ingress_and_pools_healthy(llm_app) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (.ci/run does)"
+    OUT.mkdir(exist_ok=True)
+    shot = OUT / "ray-dashboard-serve.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        try:
+            # Token auth is on: the dashboard's API calls carry the token.
+            context = browser.new_context(viewport={"width": 1600, "height": 1000},
+                                          extra_http_headers=llm_app.auth_headers())
+            page = context.new_page()
+            page.goto(f"{llm_app.dashboard}/#/serve", wait_until="networkidle", timeout=60_000)
+            page.get_by_text("Ingress", exact=True).first.wait_for(timeout=60_000)
+            page.get_by_text("primary-pool:", exact=False).first.wait_for(timeout=30_000)
+            page.get_by_text("fallback-pool:", exact=False).first.wait_for(timeout=30_000)
+            body = page.inner_text("body")
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert "RUNNING" in body and "HEALTHY" in body
+    assert "DEPLOY_FAILED" not in body
+    assert shot.stat().st_size > 10_000
