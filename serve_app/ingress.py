@@ -247,29 +247,25 @@ def _add_routes(app: FastAPI, args: AppArgs, settings: Settings) -> None:
             "temperature": llm_args.default_temperature if body.temperature is None else body.temperature,
         }
 
-    async def _cached_answer(request: Request, cache: Cache, key: str) -> dict[str, Any] | None:
-        if _no_cache(request):
-            return None
-        hit = await cache.get_json(key)
-        request.state.metrics.cache_lookup("answer", hit=hit is not None)
-        return hit
-
-    def _log_question(question: str) -> None:
+    async def _prepare(body: QuestionRequest, request: Request, cache: Cache) -> tuple[dict[str, Any], str, Any]:
+        """The engine request, its answer-cache key and the cached answer, if any."""
         if llm_args.log_question_text:
-            log.info("question: %s", question[:200])
+            log.info("question: %s", body.question[:200])
+        params = _params(body)
+        key = cache.answer_key(llm_args.default_model, body.question, params)
+        hit = None
+        if not _no_cache(request):
+            hit = await cache.get_json(key)
+            request.state.metrics.cache_lookup("answer", hit=hit is not None)
+        return {"messages": [{"role": "user", "content": body.question}], **params}, key, hit
 
     @app.post("/question", response_model=QuestionResponse, tags=["questions"])
     async def question(body: QuestionRequest, request: Request, llm: LLMDep, cache: CacheDep) -> Any:
         model = llm_args.default_model
-        params = _params(body)
-        _log_question(body.question)
-        key = cache.answer_key(model, body.question, params)
-        hit = await _cached_answer(request, cache, key)
+        chat, key, hit = await _prepare(body, request, cache)
         if hit is not None:
             return {**hit, "question": body.question, "cached": True}
-        result = await llm.chat(
-            model, {"messages": [{"role": "user", "content": body.question}], **params}, llm_args.request_deadline_s
-        )
+        result = await llm.chat(model, chat, llm_args.request_deadline_s)
         choice = result.body["choices"][0]
         answer = {
             "question": body.question,
@@ -289,10 +285,7 @@ def _add_routes(app: FastAPI, args: AppArgs, settings: Settings) -> None:
     )
     async def question_stream(body: QuestionRequest, request: Request, llm: LLMDep, cache: CacheDep) -> Any:
         model = llm_args.default_model
-        params = _params(body)
-        _log_question(body.question)
-        key = cache.answer_key(model, body.question, params)
-        hit = await _cached_answer(request, cache, key)
+        chat, key, hit = await _prepare(body, request, cache)
         if hit is not None:
 
             async def replay() -> AsyncIterator[str]:
@@ -302,9 +295,7 @@ def _add_routes(app: FastAPI, args: AppArgs, settings: Settings) -> None:
             return StreamingResponse(replay(), media_type="text/event-stream")
 
         started = time.perf_counter()
-        stream = await llm.chat_stream(
-            model, {"messages": [{"role": "user", "content": body.question}], **params}, llm_args.request_deadline_s
-        )
+        stream = await llm.chat_stream(model, chat, llm_args.request_deadline_s)
         metrics = request.state.metrics
 
         async def events() -> AsyncIterator[str]:

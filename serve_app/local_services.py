@@ -8,7 +8,9 @@ Both live under the data folder and keep running until ``stop``.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -75,15 +77,19 @@ def start_redis(data_dir: Path) -> str:
 
 
 def stop_redis(data_dir: Path) -> None:
-    pidfile = (data_dir / "redis" / "redis.pid").resolve()
-    if pidfile.exists():
-        import os
-        import signal
+    terminate_pidfile(data_dir / "redis" / "redis.pid")
 
-        try:
-            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
-        except (ProcessLookupError, ValueError):
-            pass
+
+def terminate_pidfile(pidfile: Path) -> None:
+    """SIGTERM the process a pid file names, if it still runs; remove the file."""
+    pidfile = pidfile.resolve()
+    if not pidfile.exists():
+        return
+    try:
+        os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+    except (ProcessLookupError, ValueError):
+        pass
+    pidfile.unlink(missing_ok=True)
 
 
 def _ping(url: str) -> bool:

@@ -46,13 +46,6 @@ def start_prometheus(data_dir: Path, metrics_targets: list[str], port: int = PRO
 
 
 def stop_prometheus(data_dir: Path) -> None:
-    import os
-    import signal
+    from serve_app.local_services import terminate_pidfile
 
-    pidfile = (data_dir / "prometheus" / "prometheus.pid").resolve()
-    if pidfile.exists():
-        try:
-            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
-        except (ProcessLookupError, ValueError):
-            pass
-        pidfile.unlink()
+    terminate_pidfile(data_dir / "prometheus" / "prometheus.pid")
