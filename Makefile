@@ -3,7 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system-deps run stop model monitoring lint test test-unit test-integration test-llm test-infra test-kuberay
+.PHONY: setup system-deps run stop model monitoring lint test test-unit test-integration test-llm test-infra \
+	test-kuberay load-setup test-loadtests bench bench-quick
 
 setup:
 	@bash .ci/setup.sh
@@ -27,7 +28,22 @@ monitoring: setup system-deps
 	$(PY) -m serve_app monitoring
 
 lint: setup
-	$(VENV)/bin/ruff check serve_app tests
+	$(VENV)/bin/ruff check serve_app tests loadtests
+
+# locust and matplotlib live in their own venv (.venv-load): locust's gevent
+# patches sockets on import.
+load-setup:
+	@bash loadtests/setup.sh
+
+test-loadtests: setup load-setup
+	$(PY) -m pytest tests/loadtests -q
+
+# The side-by-side benchmark (issue 6): writes loadtests/results/report.md and plots.
+bench: model load-setup
+	$(PY) loadtests/bench.py $(BENCH_ARGS)
+
+bench-quick: model load-setup
+	$(PY) loadtests/bench.py --quick $(BENCH_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
@@ -44,10 +60,10 @@ test-infra:
 test-kuberay:
 	bash kuberay/scripts/check.sh
 
-# Everything CI runs: lint, the three pytest tiers (unit, integration on real
-# PostgreSQL/Redis/Ray, the real model on vLLM), then the offline infra and
-# KubeRay checks.
-test: lint model system-deps
-	$(PY) -m pytest tests/unit tests/integration tests/llm -q
+# Everything CI runs: lint, the pytest tiers (unit, integration on real
+# PostgreSQL/Redis/Ray, the real model on vLLM, the locustfile smoke run), then
+# the offline infra and KubeRay checks.
+test: lint model system-deps load-setup
+	$(PY) -m pytest tests/unit tests/integration tests/llm tests/loadtests -q
 	bash infra/scripts/check.sh
 	bash kuberay/scripts/check.sh

@@ -95,9 +95,21 @@ class Plan:
         self.tuning = not quick
 
 
-def cpu_pool() -> dict[str, Any]:
+ENGINE_ENV: dict[str, str] = {}  # --engine-env: on top of the CPU pool's env, for Serve and direct alike
+
+
+def app_args() -> dict[str, Any]:
+    """serve_config.yaml's args, with --engine-env merged into the CPU pool's env."""
     args = args_from_serve_config()
-    return next(p for m in args["llm"]["models"] for p in m["pools"] if p["name"] == "cpu")
+    for m in args["llm"]["models"]:
+        for p in m["pools"]:
+            if p["name"] == "cpu":
+                p["env"] = {**p.get("env", {}), **ENGINE_ENV}
+    return args
+
+
+def cpu_pool() -> dict[str, Any]:
+    return next(p for m in app_args()["llm"]["models"] for p in m["pools"] if p["name"] == "cpu")
 
 
 def model_path() -> str:
@@ -395,6 +407,7 @@ class Bench:
                                     "loadgen": "wrk (1 thread)" if have_wrk() else "aiohttp (1 process)"}
         self.res["plan"]["prompts"] = PROMPTS
         self.res["plan"]["temperature"] = TEMPERATURE
+        self.res["engine_env_override"] = dict(ENGINE_ENV)
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
         t0 = time.monotonic()
@@ -431,7 +444,7 @@ class Bench:
             t = time.monotonic()
             cluster.start()
             self.res["ray_start_s"] = time.monotonic() - t
-            config = cluster.serve_config(args_from_serve_config(), env_vars)
+            config = cluster.serve_config(app_args(), env_vars)
             t0 = time.monotonic()
             running = cluster.deploy(config, timeout_s=600)
             first = None
@@ -550,6 +563,12 @@ class Bench:
             out["proxy_url_answers"] = url == cluster.url
             ids = asyncio.run(seed_users(url, p.users_seed))
             out["users"] = self.step(f"users {name}", lambda: users_levels(url, ids, [1, 32], p.users_duration))
+            # Direct ingress: the ingress replica's own HTTP port, beside the proxy.
+            direct = first_answering([u for u in candidate_urls(cluster) if u != url], "/readyz")
+            if direct:
+                out["direct_url"] = direct
+                out["users_direct_port"] = self.step(f"users {name} (replica port)", lambda: users_levels(
+                    direct, ids, [1, 32], p.users_duration))
 
             def probe() -> dict[str, Any]:
                 for u in candidate_urls(cluster):
@@ -582,14 +601,21 @@ class Bench:
         self.res["direct"] = base
         variants: list[tuple[str, dict[str, Any], dict[str, str]]] = []
         if p.tuning:
+            plain = {k: v for k, v in base_env.items() if not k.startswith("VLLM_CPU_OMP") and
+                     k != "VLLM_CPU_NUM_OF_RESERVED_CPU"}
             variants = [
                 ("OMP threads bound to both cores (VLLM_CPU_OMP_THREADS_BIND=0-1)", base_kwargs,
-                 {**base_env, "VLLM_CPU_OMP_THREADS_BIND": "0-1"}),
-                ("max_num_batched_tokens=512, KV cache 1 GiB", {**base_kwargs, "max_num_batched_tokens": 512},
-                 {**base_env, "VLLM_CPU_KVCACHE_SPACE": "1"}),
+                 {**plain, "VLLM_CPU_OMP_THREADS_BIND": "0-1"}),
+                ("auto binding, no core reserved for the scheduler (VLLM_CPU_NUM_OF_RESERVED_CPU=0)", base_kwargs,
+                 {**plain, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),
+                ("max_num_batched_tokens=512, KV cache 1 GiB (auto binding)",
+                 {**base_kwargs, "max_num_batched_tokens": 512}, {**plain, "VLLM_CPU_KVCACHE_SPACE": "1"}),
             ]
         top = max(p.llm_levels)
-        tuning = [{"name": "serve_config.yaml (fp32, eager, max_num_seqs 32, KV 2 GiB, OMP bind auto)",
+        base_name = "serve_config.yaml (fp32, eager, max_num_seqs 32, KV 2 GiB, OMP bind auto)"
+        if ENGINE_ENV:
+            base_name = f"serve_config.yaml + {' '.join(f'{k}={v}' for k, v in ENGINE_ENV.items())}"
+        tuning = [{"name": base_name,
                    "engine_kwargs": base_kwargs, "env": base_env,
                    "ready_s": (base or {}).get("ready_s"),
                    "tokens_per_s": ((base or {}).get("throughput", {}).get(str(top)) or {}).get("tokens_per_s")}]
@@ -670,7 +696,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="short run: fewer levels and requests, no tuning variants")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--skip", default="", help="comma list of phases to skip: uvicorn,serve,direct,proxy")
+    ap.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra env for the CPU pool's engine, in Serve and direct alike (repeatable)")
     ns = ap.parse_args()
+    ENGINE_ENV.update(kv.split("=", 1) for kv in ns.engine_env)
     skip = set(filter(None, ns.skip.split(",")))
     plan = Plan(ns.quick)
     bench = Bench(plan)

@@ -60,6 +60,9 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
              f"generator: {res.get('loadgen')}, closed loop, {plan.get('users_duration')} s per level. "
              "Load generator and server share the 2 cores: its CPU share is shown next to each number.\n")
 
+    if res.get("engine_env_override"):
+        L.append(f"**Engine env override** (`--engine-env`, Serve and direct alike): "
+                 f"`{' '.join(f'{k}={v}' for k, v in res['engine_env_override'].items())}`.\n")
     # summary of goals
     top = str(max(plan.get("llm_levels") or [1]))
     llm_ratio = ratio(_g(res, "llm_serve", top, "tokens_per_s"), _g(res, "direct", "throughput", top, "tokens_per_s"))
@@ -139,6 +142,12 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
                          f"{fmt(_g(us, 32, 'p50_ms'), 2)} / {fmt(_g(us, 32, 'p99_ms'), 2)}",
                          fmt(ratio(_g(us, 32, "rps"), _g(res, "users_uvicorn", 32, "rps")), 2),
                          _fmt_probe(mode.get("sse_probe")), str(mode.get("haproxy_left_running") or "none")])
+            dp = mode.get("users_direct_port")
+            if dp:
+                rows.append([f"{name}, straight to the ingress replica's port ({mode.get('direct_url')})",
+                             fmt(_g(dp, 1, "rps"), 0), fmt(_g(dp, 32, "rps"), 0),
+                             f"{fmt(_g(dp, 32, 'p50_ms'), 2)} / {fmt(_g(dp, 32, 'p99_ms'), 2)}",
+                             fmt(ratio(_g(dp, 32, "rps"), _g(res, "users_uvicorn", 32, "rps")), 2), "-", "-"])
         L.append(md_table(["mode", "req/s @1", "req/s @32", "p50/p99 ms @32", "vs uvicorn @32",
                            "SSE probe (first event / total)", "HAProxy left after stop (killed by pid)"], rows) + "\n")
     L.append(OVERHEAD_TEXT)
