@@ -55,9 +55,6 @@ class Cache:
         self._cooldown = breaker_cooldown_s
         self._skip_until = 0.0
         self._inflight: dict[str, asyncio.Future[Any]] = {}
-        self.hits = 0
-        self.misses = 0
-        self.errors = 0
 
     # -- state -------------------------------------------------------------
     @property
@@ -65,7 +62,6 @@ class Cache:
         return self._redis is not None and time.monotonic() >= self._skip_until
 
     def _failed(self, op: str, exc: BaseException) -> None:
-        self.errors += 1
         self._metrics.dependency_error("redis")
         if time.monotonic() >= self._skip_until:
             log.warning("redis %s failed (%s: %s); serving without cache for %.1fs",
@@ -140,7 +136,6 @@ class Cache:
             return await loader()
         pending = self._inflight.get(key)
         if pending is not None:
-            self.hits += 1
             self._metrics.cache_lookup(name, hit=True)
             value = await asyncio.shield(pending)
         else:
@@ -168,9 +163,7 @@ class Cache:
         cached = await self.get_json(key)
         self._metrics.cache_lookup(name, hit=cached is not None)
         if cached is not None:
-            self.hits += 1
             return cached
-        self.misses += 1
         value = await loader()
         if value is not None or cache_none:
             value = _MISSING if value is None else value
