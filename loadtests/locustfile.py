@@ -104,8 +104,15 @@ def _thresholds(environment: Any, **_: Any) -> None:
 QUESTIONS_ON = os.environ.get("LOADTEST_QUESTIONS", "1") not in ("0", "false", "no")
 
 
+# /users needs an API key (`python -m serve_app api-key create --name locust`).
+# One key is one client to the rate limiter: raise rate_limits in the
+# deployment under test, or the run measures the limiter (429s fail it).
+API_KEY = os.environ.get("LOADTEST_API_KEY")
+
+
 class QAUser(FastHttpUser):
     wait_time = between(0.5, 2.0)
+    default_headers = {"Authorization": f"Bearer {API_KEY}"} if API_KEY else None
 
     def on_start(self) -> None:
         self.known_ids: list[int] = []

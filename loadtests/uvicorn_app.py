@@ -5,6 +5,7 @@ baseline of the users path and the target of the locust smoke test.
     .venv/bin/python -m uvicorn --factory loadtests.uvicorn_app:create --port 8001
 
 ``LOADTEST_CACHE_ENABLED=0`` turns the Redis cache off (args cache.enabled=false).
+Like the benchmark's Serve apps, it runs without API keys and rate limits.
 """
 
 from __future__ import annotations
@@ -20,4 +21,5 @@ from serve_app.settings import Settings
 
 def create() -> FastAPI:
     enabled = os.environ.get("LOADTEST_CACHE_ENABLED", "1") not in ("0", "false", "no")
-    return create_app(AppArgs.model_validate({"cache": {"enabled": enabled}}), Settings())
+    args = {"cache": {"enabled": enabled}, "auth": {"users": "open"}, "rate_limits": {"enabled": False}}
+    return create_app(AppArgs.model_validate(args), Settings())

@@ -45,28 +45,52 @@ def create_redis(settings: Settings, url: str) -> Redis:
     return Redis.from_url(url, **kwargs)
 
 
+# What a dead, hung or refusing Redis raises through redis-py.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, RedisError, OSError)
+
+
+class Breaker:
+    """After a Redis failure, skip Redis for a cool-down. Shared by everything
+    using one Redis client (cache, rate limiter), so an outage costs one
+    timeout per cool-down, not one per request and user."""
+
+    def __init__(self, cooldown_s: float = 2.0, metrics: AppMetrics | None = None) -> None:
+        self._cooldown = cooldown_s
+        self._metrics = metrics or AppMetrics()
+        self._skip_until = 0.0
+
+    @property
+    def closed(self) -> bool:
+        return time.monotonic() >= self._skip_until
+
+    def failed(self, op: str, exc: BaseException) -> None:
+        self._metrics.dependency_error("redis")
+        if self.closed:
+            log.warning("redis %s failed (%s: %s); skipping Redis for %.1fs",
+                        op, type(exc).__name__, exc, self._cooldown)
+        self._skip_until = time.monotonic() + self._cooldown
+
+    def succeeded(self) -> None:
+        self._skip_until = 0.0
+
+
 class Cache:
     def __init__(
-        self, redis: Redis | None, prefix: str, breaker_cooldown_s: float = 2.0, metrics: AppMetrics | None = None
+        self, redis: Redis | None, prefix: str, breaker: Breaker | None = None, metrics: AppMetrics | None = None
     ) -> None:
         self._redis = redis
         self._metrics = metrics or AppMetrics()
         self._prefix = prefix
-        self._cooldown = breaker_cooldown_s
-        self._skip_until = 0.0
+        self._breaker = breaker or Breaker(metrics=self._metrics)
         self._inflight: dict[str, asyncio.Future[Any]] = {}
 
     # -- state -------------------------------------------------------------
     @property
     def available(self) -> bool:
-        return self._redis is not None and time.monotonic() >= self._skip_until
+        return self._redis is not None and self._breaker.closed
 
     def _failed(self, op: str, exc: BaseException) -> None:
-        self._metrics.dependency_error("redis")
-        if time.monotonic() >= self._skip_until:
-            log.warning("redis %s failed (%s: %s); serving without cache for %.1fs",
-                        op, type(exc).__name__, exc, self._cooldown)
-        self._skip_until = time.monotonic() + self._cooldown
+        self._breaker.failed(op, exc)
 
     async def ping(self) -> bool:
         """Always asks Redis (readiness must notice recovery), and closes the breaker on success."""
@@ -74,10 +98,10 @@ class Cache:
             return False
         try:
             await self._redis.ping()
-        except (TimeoutError, RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._failed("ping", exc)
             return False
-        self._skip_until = 0.0
+        self._breaker.succeeded()
         return True
 
     def key(self, *parts: object) -> str:
@@ -89,7 +113,7 @@ class Cache:
             return None
         try:
             raw = await self._redis.get(key)  # type: ignore[union-attr]
-        except (TimeoutError, RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._failed("get", exc)
             return None
         return None if raw is None else json.loads(raw)
@@ -99,7 +123,7 @@ class Cache:
             return
         try:
             await self._redis.set(key, json.dumps(value, separators=(",", ":")), ex=ttl_s)  # type: ignore[union-attr]
-        except (TimeoutError, RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._failed("set", exc)
 
     async def delete(self, *keys: str) -> None:
@@ -107,7 +131,7 @@ class Cache:
             return
         try:
             await self._redis.delete(*keys)  # type: ignore[union-attr]
-        except (TimeoutError, RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._failed("delete", exc)
 
     async def incr(self, key: str) -> None:
@@ -115,7 +139,7 @@ class Cache:
             return
         try:
             await self._redis.incr(key)  # type: ignore[union-attr]
-        except (TimeoutError, RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             self._failed("incr", exc)
 
     async def get_int(self, key: str) -> int:

@@ -134,6 +134,28 @@ def cmd_monitoring(settings: Settings, ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api_key(settings: Settings, ns: argparse.Namespace) -> int:
+    from serve_app import auth
+
+    # Without DATABASE_URL: the run command's local PostgreSQL.
+    dsn = local_urls(settings)["DATABASE_URL"] if not settings.database_url else settings.database_url
+    if ns.action == "create":
+        key = asyncio.run(auth.create_api_key(dsn, ns.name, settings))
+        _say(f"API key {ns.name!r} created; it is shown once, store it now:")
+        print(key)
+        return 0
+    if ns.action == "revoke":
+        if asyncio.run(auth.revoke(dsn, ns.key, settings)):
+            _say("revoked (each replica forgets it within auth.key_cache_ttl_s)")
+            return 0
+        _say("no such active key")
+        return 1
+    for k in asyncio.run(auth.list_keys(dsn, settings)):
+        state = f"revoked {k['revoked_at']:%Y-%m-%d %H:%M}" if k["revoked_at"] else "active"
+        print(f"{k['id']}  {k['created_at']:%Y-%m-%d %H:%M}  {state:<24}  {k['name']}")
+    return 0
+
+
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serve_app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +174,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     mon = sub.add_parser("monitoring", help="start a local Prometheus scraping the local Ray's metrics")
     mon.add_argument("--metrics-port", type=int, default=8080, help="Ray's --metrics-export-port")
     mon.set_defaults(func=cmd_monitoring)
+    keys = sub.add_parser("api-key", help="create, list or revoke API keys (in DATABASE_URL)")
+    actions = keys.add_subparsers(dest="action", required=True)
+    actions.add_parser("create", help="create a key and print it once").add_argument("--name", required=True)
+    actions.add_parser("revoke", help="revoke a key (the whole key or its id)").add_argument("key")
+    actions.add_parser("list", help="ids, names and states of all keys")
+    keys.set_defaults(func=cmd_api_key)
     sub.add_parser("local-services", help="start local PostgreSQL/Redis; print their URLs").set_defaults(
         func=cmd_local_services
     )

@@ -49,7 +49,9 @@ class DeploymentOptions(_Strict):
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float = Field(default=0.0, ge=0)
     memory_bytes: int | None = Field(default=None, ge=0)
-    graceful_shutdown_timeout_s: float = Field(default=60.0, ge=0)
+    # Covers the default question deadline (llm.request_deadline_s, 120 s):
+    # a draining replica finishes what it holds.
+    graceful_shutdown_timeout_s: float = Field(default=130.0, ge=0)
     graceful_shutdown_wait_loop_s: float = Field(default=2.0, ge=0)
     health_check_period_s: float = Field(default=10.0, gt=0)
     health_check_timeout_s: float = Field(default=30.0, gt=0)
@@ -153,14 +155,74 @@ class LLMArgs(_Strict):
         return self
 
 
+class AuthArgs(_Strict):
+    """Which routes need ``Authorization: Bearer <api key>``; health stays open."""
+
+    users: Literal["key", "open"] = "key"
+    # /question, /question/stream and /v1/*.
+    questions: Literal["key", "open"] = "open"
+    # A verified key is remembered this long per replica, so auth costs no
+    # database round trip per request; a revoked key stops working within it.
+    key_cache_ttl_s: float = Field(default=10.0, ge=0, le=300)
+
+
+class Bucket(_Strict):
+    """A token bucket: ``rate_per_s`` sustained, bursts up to ``burst``."""
+
+    rate_per_s: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class RateLimitArgs(_Strict):
+    """Per API key (or client IP when anonymous), shared through Redis."""
+
+    enabled: bool = True
+    questions: Bucket = Field(default_factory=lambda: Bucket(rate_per_s=2, burst=20))
+    users: Bucket = Field(default_factory=lambda: Bucket(rate_per_s=50, burst=200))
+    # Anonymous callers are told apart by address. Behind a load balancer
+    # that is the last X-Forwarded-For entry (the one the balancer added);
+    # without one in front, that header is the client's own and must be ignored.
+    trust_forwarded_for: bool = False
+
+
+class InputLimits(_Strict):
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 2**20)
+    # Deeper JSON is refused before it is parsed (Python's parser recurses).
+    max_json_depth: int = Field(default=32, ge=2, le=512)
+
+
 class AppArgs(_Strict):
     docs_enabled: bool = True
+    auth: AuthArgs = Field(default_factory=AuthArgs)
+    rate_limits: RateLimitArgs = Field(default_factory=RateLimitArgs)
+    limits: InputLimits = Field(default_factory=InputLimits)
+    # Guarded requests in flight per ingress replica before a fast 503;
+    # default: 7/8 of the ingress's max_ongoing_requests.
+    max_in_flight: int | None = Field(default=None, ge=1)
     ingress: DeploymentOptions = Field(default_factory=DeploymentOptions)
     cache: CacheArgs = Field(default_factory=CacheArgs)
     users_default_limit: int = Field(default=50, ge=1, le=200)
     users_max_limit: int = Field(default=200, ge=1, le=1000)
     # None: the app serves users only (unit tests, users benchmark).
     llm: LLMArgs | None = None
+
+    @property
+    def in_flight_limit(self) -> int:
+        ongoing = self.ingress.max_ongoing_requests
+        return self.max_in_flight or max(1, ongoing - ongoing // 8)
+
+    @model_validator(mode="after")
+    def _serve_backstops(self) -> AppArgs:
+        # Our own limits must fire before Serve's, whose answers are plain
+        # text outside our envelope.
+        if self.in_flight_limit > self.ingress.max_ongoing_requests:
+            raise ValueError("max_in_flight must not exceed ingress.max_ongoing_requests")
+        if self.llm is not None and self.ingress.graceful_shutdown_timeout_s < self.llm.request_deadline_s:
+            raise ValueError(
+                "ingress.graceful_shutdown_timeout_s must cover llm.request_deadline_s, "
+                "or a draining replica cuts off questions in flight"
+            )
+        return self
 
 
 def load_serve_config(path: Path = SERVE_CONFIG_PATH) -> dict[str, Any]:

@@ -57,6 +57,21 @@ class InvalidInput(AppError):
     message = "invalid input"
 
 
+class Unauthorized(AppError):
+    status_code = 401
+    code = "unauthorized"
+    message = "a valid API key is required (Authorization: Bearer <key>)"
+
+    def __init__(self, message: str | None = None, **kw: Any) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="qa"'}, **kw)
+
+
+class RateLimited(AppError):
+    status_code = 429
+    code = "rate_limited"
+    message = "rate limit exceeded, retry later"
+
+
 class NotFound(AppError):
     status_code = 404
     code = "not_found"

@@ -6,6 +6,7 @@ deployment graph itself is built in ``serve_app.app``.
 """
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -13,14 +14,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve_app import db
 from serve_app.access import AccessLogMiddleware
-from serve_app.cache import Cache, create_redis
+from serve_app.auth import KeyVerifier
+from serve_app.cache import Breaker, Cache, create_redis
 from serve_app.config import AppArgs
 from serve_app.errors import (
     AppError,
@@ -30,12 +32,15 @@ from serve_app.errors import (
     UnhandledErrorMiddleware,
     install_error_handlers,
 )
+from serve_app.guard import AdmissionMiddleware, GuardMiddleware, route_group
+from serve_app.limits import ErrorEnvelope, InputLimitsMiddleware, document_error_responses
 from serve_app.llm_client import LLMBackend
 from serve_app.metrics import AppMetrics
+from serve_app.ratelimit import RateLimiter
 from serve_app.request_id import RequestIdMiddleware
 from serve_app.schemas import Health, QuestionRequest, QuestionResponse, Readiness, User, UserCreate
 from serve_app.settings import Settings, get_settings
-from serve_app.users_repo import UsersRepository
+from serve_app.users_repo import ApiKeysRepository, UsersRepository
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +95,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         pool = await db.create_pool(settings, settings.database_url)
-        redis = create_redis(settings, settings.redis_url) if (settings.redis_url and args.cache.enabled) else None
-        cache = Cache(redis, settings.redis_key_prefix, settings.redis_breaker_cooldown_s, metrics)
+        redis = create_redis(settings, settings.redis_url) if settings.redis_url else None
+        breaker = Breaker(settings.redis_breaker_cooldown_s, metrics)
+        cache = Cache(redis if args.cache.enabled else None, settings.redis_key_prefix, breaker, metrics)
+        limits = args.rate_limits
+        limiter = RateLimiter(redis, settings.redis_key_prefix, breaker, metrics,
+                              {"users": limits.users, "questions": limits.questions})
         migrations = Migrations(settings, settings.database_url)
         await migrations.start()
         llm = llm_factory(metrics) if llm_factory else None
@@ -99,7 +108,10 @@ def create_app(
             await llm.start()
         resources.update(
             repo=UsersRepository(pool, settings.db_acquire_timeout_s, metrics),
+            auth=KeyVerifier(ApiKeysRepository(pool, settings.db_acquire_timeout_s, metrics),
+                             args.auth.key_cache_ttl_s, metrics),
             cache=cache,
+            limiter=limiter,
             migrations=migrations,
             llm=llm,
         )
@@ -124,11 +136,16 @@ def create_app(
     # Added first = innermost: unexpected errors become the envelope while the
     # request id is still known.
     app.add_middleware(UnhandledErrorMiddleware)
+    # Outer to inner: who (auth, rate limit), then how many at once.
+    app.add_middleware(AdmissionMiddleware, limit=args.in_flight_limit)
+    app.add_middleware(GuardMiddleware, args=args)
     app.add_middleware(_LifespanState, resources=resources)
+    app.add_middleware(InputLimitsMiddleware, limits=args.limits)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware, behind_serve_proxy=behind_serve_proxy)
     install_error_handlers(app)
     _add_routes(app, args, settings)
+    document_error_responses(app, guarded=lambda path: route_group(path) is not None)
     return app
 
 
@@ -202,6 +219,9 @@ def _add_routes(app: FastAPI, args: AppArgs, settings: Settings) -> None:
             checks["redis"] = "disabled"
         else:
             checks["redis"] = "ok" if await state.cache.ping() else "degraded"
+        if args.rate_limits.enabled:
+            # "local": Redis is away and each replica limits on its own.
+            checks["rate_limiter"] = state.limiter.mode
         if state.llm is not None:
             pools = state.llm.status()
             checks["llm"] = pools
@@ -212,8 +232,29 @@ def _add_routes(app: FastAPI, args: AppArgs, settings: Settings) -> None:
 
     # -- users ----------------------------------------------------------------
     @app.post("/users", response_model=User, tags=["users"], responses={409: {"description": "email taken"}})
-    async def create_user(body: UserCreate, repo: RepoDep, cache: CacheDep) -> Any:
-        user = await repo.create(body.name, str(body.email))
+    async def create_user(
+        body: UserCreate,
+        request: Request,
+        repo: RepoDep,
+        cache: CacheDep,
+        idempotency_key: Annotated[
+            str | None,
+            Header(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+                   description="Retrying with the same key returns the first result instead of a duplicate."),
+        ] = None,
+    ) -> Any:
+        if idempotency_key is None:
+            user = await repo.create(body.name, str(body.email))
+        else:
+            digest = hashlib.sha256(body.model_dump_json().encode()).digest()
+            principal = request.state.principal
+            # Keys scope retries per caller; an address is no identity to scope by.
+            scope = principal if principal.startswith("key:") else "anonymous"
+            user, replayed = await repo.create_idempotent(
+                body.name, str(body.email), scope=scope, key=idempotency_key, request_hash=digest
+            )
+            if replayed:
+                return JSONResponse(user, headers={"Idempotent-Replayed": "true"})
         await cache.invalidate_after_create(user["id"])
         return user
 
@@ -343,7 +384,18 @@ def _add_routes(app: FastAPI, args: AppArgs, settings: Settings) -> None:
             ],
         }
 
-    @app.post("/v1/chat/completions", tags=["openai"])
+    @app.post(
+        "/v1/chat/completions",
+        tags=["openai"],
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _CHAT_SCHEMA}}}},
+        responses={
+            200: {"content": {"application/json": {}, "text/event-stream": {}},
+                  "description": "an OpenAI chat completion, or its chunks as SSE when stream is true"},
+            404: {"description": "unknown model"},
+            503: {"model": ErrorEnvelope, "description": "no pool can serve now"},
+            504: {"model": ErrorEnvelope, "description": "past the deadline"},
+        },
+    )
     async def chat_completions(request: Request, llm: LLMDep) -> Any:
         body = await _json_object(request)
         model = body.get("model") or llm_args.default_model
@@ -372,6 +424,32 @@ def _add_routes(app: FastAPI, args: AppArgs, settings: Settings) -> None:
         return JSONResponse(result.body, headers={"X-Served-By-Pool": result.pool})
 
 
+# What the OpenAPI promises of the OpenAI route's body (the route itself reads
+# it as raw JSON and passes vLLM's own validation on).
+_CHAT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["system", "user", "assistant"]},
+                    "content": {"type": "string"},
+                },
+            },
+        },
+        "model": {"type": "string"},
+        "stream": {"type": "boolean"},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    },
+}
+
+
 def _user_id_path() -> Any:
     from fastapi import Path as PathParam
 
@@ -382,8 +460,10 @@ def _user_id_path() -> Any:
 async def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput("body must be a JSON object") from exc
+        # Lone surrogates ("\ud800") parse, then fail wherever text is encoded.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except ValueError as exc:  # UnicodeError is a ValueError
+        raise InvalidInput("body must be a JSON object of valid Unicode text") from exc
     if not isinstance(body, dict):
         raise InvalidInput("body must be a JSON object")
     return body

@@ -30,6 +30,12 @@ SPECS: dict[str, tuple[str, str, str, tuple[str, ...], list[float] | None]] = {
     "spill": ("qa_llm_spillovers", "counter", "Questions a full pool handed to the next pool.",
               ("model", "from_pool"), None),
     "dependency_errors": ("qa_dependency_errors", "counter", "Failed calls to a dependency.", ("dependency",), None),
+    "auth_failures": ("qa_auth_failures", "counter", "Requests refused for a missing, malformed or wrong API key.",
+                      ("reason",), None),
+    "rate_limited": ("qa_rate_limited", "counter", "Requests refused with 429 by the rate limiter.", ("group",), None),
+    "limiter_local": ("qa_rate_limiter_local_decisions", "counter",
+                      "Rate-limit decisions taken by the per-replica fallback bucket because Redis was unavailable.",
+                      ("group",), None),
 }
 
 
@@ -100,6 +106,15 @@ class AppMetrics:
 
     def dependency_error(self, dependency: str) -> None:
         self._record("dependency_errors", "inc", 1, {"dependency": dependency})
+
+    def auth_failure(self, reason: str) -> None:
+        self._record("auth_failures", "inc", 1, {"reason": reason})
+
+    def rate_limited(self, group: str) -> None:
+        self._record("rate_limited", "inc", 1, {"group": group})
+
+    def limiter_local(self, group: str) -> None:
+        self._record("limiter_local", "inc", 1, {"group": group})
 
     def count(self, name: str, **tags: str) -> int:
         """Events recorded under ``name`` whose tags include ``tags``."""

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from asgi_lifespan import LifespanManager
 
+from serve_app.auth import create_api_key
 from serve_app.config import AppArgs
 from serve_app.ingress import create_app
 from serve_app.settings import Settings
@@ -79,10 +80,15 @@ def app_args() -> AppArgs:
     return AppArgs()
 
 
-async def open_client(app) -> AsyncIterator[httpx.AsyncClient]:
+async def open_client(app, settings: Settings | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app in process; with ``settings``, it sends a fresh API
+    key from that database on every request."""
+    headers = {}
+    if settings is not None:
+        headers["Authorization"] = f"Bearer {await create_api_key(settings.database_url, 'tests', settings)}"
     async with LifespanManager(app, startup_timeout=30) as manager:
         transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as client:
             # The lifespan state (repository, cache), for tests that count queries.
             client.app_state = manager._state  # type: ignore[attr-defined]
             yield client
@@ -90,7 +96,7 @@ async def open_client(app) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def client(app_args: AppArgs, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in open_client(create_app(app_args, settings)):
+    async for c in open_client(create_app(app_args, settings), settings):
         yield c
 
 
@@ -115,3 +121,9 @@ async def session_database() -> AsyncIterator[str]:
     name = await create_database()
     yield pg_dsn(name)
     await drop_database(name)
+
+
+@pytest.fixture(scope="session")
+async def session_api_key(session_database: str) -> str:
+    """A key in the session database, for apps deployed on the Ray cluster."""
+    return await create_api_key(session_database, "tests", Settings(database_sslmode="disable"))

@@ -58,7 +58,7 @@ class FakeEngine:
 async def engine_client(settings):
     engine = FakeEngine()
     args = AppArgs.model_validate({"llm": {"models": [{"model_id": MODEL, "pools": [{"name": "cpu"}]}]}})
-    async for c in open_client(create_app(args, settings, lambda _m: engine)):
+    async for c in open_client(create_app(args, settings, lambda _m: engine), settings):
         c.engine = engine
         yield c
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def users_app(ray_cluster, session_database):
+def users_app(ray_cluster, session_database, session_api_key):
     prefix = f"t-{uuid.uuid4().hex[:12]}"
     config = ray_cluster.serve_config(
         args_from_serve_config(llm=None),
@@ -25,6 +25,7 @@ def users_app(ray_cluster, session_database):
     )
     took = ray_cluster.deploy(config)
     print(f"\nusers app deployed in {took:.1f}s")
+    ray_cluster.api_headers = {"Authorization": f"Bearer {session_api_key}"}
     return ray_cluster
 
 
@@ -37,7 +38,7 @@ def test_root_and_health_over_serve(users_app) -> None:
 
 def test_users_round_trip_and_errors_over_serve(users_app) -> None:
     email = f"{uuid.uuid4().hex[:8]}@example.com"
-    with httpx.Client(base_url=users_app.url, timeout=10) as c:
+    with httpx.Client(base_url=users_app.url, timeout=10, headers=users_app.api_headers) as c:
         user = c.post("/users", json={"name": "Serve", "email": email}).json()
         assert c.get(f"/users/{user['id']}").json() == user
         r = c.post("/users", json={"name": "Again", "email": email.upper()})
@@ -53,7 +54,7 @@ def test_users_round_trip_and_errors_over_serve(users_app) -> None:
 
 def test_cold_and_cached_latency_over_serve(users_app) -> None:
     """Prints the cold and cached GET /users/{id} latency through Serve (for the notes)."""
-    with httpx.Client(base_url=users_app.url, timeout=10) as c:
+    with httpx.Client(base_url=users_app.url, timeout=10, headers=users_app.api_headers) as c:
         cold, warm = [], []
         for _ in range(20):
             user = c.post("/users", json={"name": "L", "email": f"{uuid.uuid4().hex[:8]}@example.com"}).json()
@@ -88,7 +89,7 @@ def test_request_metrics_reach_the_metrics_endpoint(users_app) -> None:
 
 def test_no_email_or_name_in_any_log(users_app) -> None:
     email = f"private.person.{uuid.uuid4().hex[:8]}@example.com"
-    with httpx.Client(base_url=users_app.url, timeout=10) as c:
+    with httpx.Client(base_url=users_app.url, timeout=10, headers=users_app.api_headers) as c:
         assert c.post("/users", json={"name": "Private Person", "email": email}).status_code == 200
         assert c.post("/users", json={"name": "Private Person", "email": email}).status_code == 409
     time.sleep(2)  # log files are flushed asynchronously
@@ -119,3 +120,28 @@ def test_local_prometheus_scrapes_the_app_metrics(users_app, tmp_path) -> None:
         assert result, "Prometheus never scraped the app's request counter"
     finally:
         stop_prometheus(tmp_path)
+
+
+def test_rate_limit_holds_across_two_ingress_replicas(users_app, session_database, session_api_key) -> None:
+    """Two ingress replicas share one bucket per key in Redis. Redeploys the
+    app, so it runs last in this module."""
+    args = args_from_serve_config(llm=None)
+    args["ingress"]["num_replicas"] = 2
+    args["rate_limits"]["users"] = {"rate_per_s": 0.05, "burst": 6}
+    config = users_app.serve_config(
+        args, {"DATABASE_URL": session_database, "REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex}"}
+    )
+    users_app.deploy(config)
+    ingress = users_app.deployments("qa")["Ingress"]
+    running = [r for r in ingress["replicas"] if r["state"] == "RUNNING"]
+    assert ingress["status"] == "HEALTHY" and len(running) == 2, ingress
+    codes = []
+    with httpx.Client(base_url=users_app.url, timeout=10, headers=users_app.api_headers) as c:
+        for _ in range(18):
+            r = c.get("/users?limit=1")
+            codes.append(r.status_code)
+            if r.status_code == 429:
+                assert int(r.headers["retry-after"]) >= 1 and r.json()["error"]["code"] == "rate_limited"
+    print(f"\n18 requests over 2 ingress replicas with a burst of 6: {codes.count(200)} allowed")
+    # One bucket: 6 (plus at most one refilled token), not 6 per replica.
+    assert 6 <= codes.count(200) <= 7 and codes.count(429) >= 11, codes

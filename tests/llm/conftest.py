@@ -38,6 +38,9 @@ def llm_test_args() -> dict:
     gpu_pool = next(p for p in args["llm"]["models"][0]["pools"] if p["name"] == "gpu")
     gpu_pool = copy.deepcopy(gpu_pool)
     gpu_pool["enabled"] = True
+    # These tests ask many questions from one address: the limiter is tested
+    # in tests/integration (test_auth_limits, test_serve_users).
+    args["rate_limits"] = {"enabled": False}
     args["llm"].update(
         pool_preference=["primary", "fallback", "gpu"],
         request_deadline_s=DEADLINE_S,

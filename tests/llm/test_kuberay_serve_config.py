@@ -34,8 +34,9 @@ def overlay_app(ray_cluster, session_database, model_dir):
     return ray_cluster
 
 
-def test_overlay_config_answers_questions_and_users(overlay_app) -> None:
-    with httpx.Client(base_url=overlay_app.url, timeout=120) as c:
+def test_overlay_config_answers_questions_and_users(overlay_app, session_api_key) -> None:
+    headers = {"Authorization": f"Bearer {session_api_key}"}
+    with httpx.Client(base_url=overlay_app.url, timeout=120, headers=headers) as c:
         r = c.post("/question", json={"question": "What is 2 + 2?", "max_tokens": 16, "temperature": 0})
         assert r.status_code == 200, r.text
         assert r.json()["answer"].strip()

@@ -20,6 +20,28 @@ def test_repo_serve_config_is_valid() -> None:
     assert args.ingress.serve_options()["max_queued_requests"] > 0
 
 
+def test_our_limits_fire_before_serves() -> None:
+    """Serve's 503/408 are plain text: our admission limit, question deadline
+    and drain time must sit inside Serve's limits."""
+    import yaml
+
+    from serve_app.config import SERVE_CONFIG_PATH
+
+    args = app_args_from_serve_config()
+    assert args.llm is not None
+    assert args.in_flight_limit < args.ingress.max_ongoing_requests
+    request_timeout_s = yaml.safe_load(SERVE_CONFIG_PATH.read_text())["http_options"]["request_timeout_s"]
+    assert args.llm.request_deadline_s < request_timeout_s
+    for pool in args.llm.models[0].pools:
+        assert pool.deployment.graceful_shutdown_timeout_s >= args.llm.request_deadline_s
+    llm = {"models": [{"model_id": "m", "pools": [{"name": "cpu"}]}], "default_model": "m"}
+    with pytest.raises(ValidationError, match="graceful_shutdown_timeout_s"):
+        AppArgs.model_validate({"llm": {**llm, "request_deadline_s": 300}})
+    with pytest.raises(ValidationError, match="max_in_flight"):
+        AppArgs.model_validate({"max_in_flight": 65, "ingress": {"max_ongoing_requests": 64}})
+    assert AppArgs.model_validate({"ingress": {"max_ongoing_requests": 64}}).in_flight_limit == 56
+
+
 @pytest.mark.parametrize(
     "args",
     [

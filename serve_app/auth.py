@@ -1,0 +1,131 @@
+"""API keys: ``qa_<id>_<secret>``, sent as ``Authorization: Bearer <key>``.
+
+The id is public and indexes the key; only a SHA-256 of the secret is stored.
+The secret is 256 random bits, so a slow password hash would add nothing but
+latency. Comparison is constant-time. Keys are created, listed and revoked
+with ``python -m serve_app api-key``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections import OrderedDict
+from typing import Any
+
+from serve_app import db
+from serve_app.errors import DependencyUnavailable, Unauthorized
+from serve_app.metrics import AppMetrics
+from serve_app.settings import Settings
+from serve_app.users_repo import ApiKeysRepository, insert_api_key, list_api_keys, revoke_api_key
+
+_KEY = re.compile(r"^qa_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+# Compared against when the id is unknown, so a miss costs the same as a hit.
+_NO_HASH = bytes(32)
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def new_key() -> tuple[str, str, bytes]:
+    """A fresh key: (public id, the whole key to hand out once, hash to store)."""
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    return key_id, f"qa_{key_id}_{secret}", hash_secret(secret)
+
+
+def parse_bearer(header: str | None) -> tuple[str, str] | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    m = _KEY.match(token.strip()) if scheme.lower() == "bearer" else None
+    return (m.group(1), m.group(2)) if m else None
+
+
+class KeyVerifier:
+    """Verifies keys against PostgreSQL, remembering each lookup (hit or miss)
+    for ``ttl_s`` per replica so auth is not a database query per request.
+
+    While the database is unreachable, a key verified before stays valid; one
+    never seen is refused with 401, never 503, so no unauthenticated caller
+    learns that a dependency is down.
+    """
+
+    def __init__(self, repo: ApiKeysRepository, ttl_s: float, metrics: AppMetrics, max_entries: int = 10_000) -> None:
+        self._repo = repo
+        self._ttl_s = ttl_s
+        self._metrics = metrics
+        self._max_entries = max_entries
+        # key id -> (looked up at, secret hash or None when absent/revoked)
+        self._known: OrderedDict[str, tuple[float, bytes | None]] = OrderedDict()
+
+    async def verify(self, header: str | None) -> str:
+        """The key id of a valid key, else raises ``Unauthorized``."""
+        parsed = parse_bearer(header)
+        if parsed is None:
+            self._metrics.auth_failure("missing" if not header else "malformed")
+            raise Unauthorized()
+        key_id, secret = parsed
+        stored = await self._stored_hash(key_id)
+        if not hmac.compare_digest(stored or _NO_HASH, hash_secret(secret)) or stored is None:
+            self._metrics.auth_failure("invalid")
+            raise Unauthorized("invalid or revoked API key")
+        return key_id
+
+    async def _stored_hash(self, key_id: str) -> bytes | None:
+        now = time.monotonic()
+        entry = self._known.get(key_id)
+        if entry is not None and now - entry[0] < self._ttl_s:
+            return entry[1]
+        try:
+            row = await self._repo.find(key_id)
+        except DependencyUnavailable:
+            if entry is not None:
+                return entry[1]
+            self._metrics.auth_failure("unverifiable")
+            raise Unauthorized("API key could not be verified, retry later") from None
+        stored = bytes(row["secret_hash"]) if row and row["revoked_at"] is None else None
+        self._known[key_id] = (now, stored)
+        self._known.move_to_end(key_id)
+        while len(self._known) > self._max_entries:
+            self._known.popitem(last=False)
+        return stored
+
+
+# -- management (the CLI) -------------------------------------------------------
+async def create_api_key(dsn: str, name: str, settings: Settings | None = None) -> str:
+    """Create a key named ``name`` in the database at ``dsn``; returns the key,
+    which is not stored anywhere and cannot be shown again."""
+    settings = settings or Settings()
+    await db.migrate(settings, dsn)
+    key_id, key, digest = new_key()
+    conn = await db.connect(settings, dsn)
+    try:
+        await insert_api_key(conn, key_id, name, digest)
+    finally:
+        await conn.close()
+    return key
+
+
+async def revoke(dsn: str, key_or_id: str, settings: Settings | None = None) -> bool:
+    settings = settings or Settings()
+    parsed = parse_bearer(f"Bearer {key_or_id}")
+    key_id = parsed[0] if parsed else key_or_id
+    conn = await db.connect(settings, dsn)
+    try:
+        return await revoke_api_key(conn, key_id)
+    finally:
+        await conn.close()
+
+
+async def list_keys(dsn: str, settings: Settings | None = None) -> list[dict[str, Any]]:
+    settings = settings or Settings()
+    conn = await db.connect(settings, dsn)
+    try:
+        return await list_api_keys(conn)
+    finally:
+        await conn.close()

@@ -1,0 +1,231 @@
+"""API keys, rate limits, admission and idempotent creates on real PostgreSQL
+and Redis (the app in process); across two Serve replicas in test_serve_users."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import asyncpg
+import httpx
+import pytest
+
+from serve_app import auth
+from serve_app.config import AppArgs
+from serve_app.ingress import create_app
+from serve_app.settings import Settings
+from tests.conftest import REDIS_URL, open_client
+from tests.integration.test_questions_fake_engine import MODEL, FakeEngine
+from tests.integration.test_users_api import assert_envelope
+
+pytestmark = pytest.mark.integration
+
+QUESTIONS = {"llm": {"models": [{"model_id": MODEL, "pools": [{"name": "cpu"}]}]}}
+
+
+async def _anonymous(app, settings: Settings):
+    """A client without a key (the app's own lifespan applies the migrations)."""
+    async for c in open_client(app):
+        yield c
+
+
+# -- authentication ----------------------------------------------------------------
+async def test_users_need_a_valid_key(settings: Settings) -> None:
+    key = await auth.create_api_key(settings.database_url, "t", settings)
+    async for c in _anonymous(create_app(AppArgs(), settings), settings):
+        r = await c.get("/users")
+        body = assert_envelope(r, 401, "unauthorized")
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert "Bearer" in body["error"]["message"]
+        key_id = key.split("_")[1]
+        wrong_secret = f"qa_{key_id}_{'A' * 43}"
+        unknown_id = f"qa_{'0' * 12}_{key.split('_', 2)[2]}"
+        for header in (f"Bearer {wrong_secret}", f"Bearer {unknown_id}", "Bearer nonsense", f"Basic {key}", key):
+            assert_envelope(await c.get("/users", headers={"Authorization": header}), 401, "unauthorized")
+        assert_envelope(await c.post("/users", json={"name": "x", "email": "x@example.com"}), 401, "unauthorized")
+        ok = await c.get("/users", headers={"Authorization": f"Bearer {key}"})
+        assert ok.status_code == 200
+        # Health, readiness and the root stay open.
+        for path in ("/", "/healthz", "/readyz"):
+            assert (await c.get(path)).status_code == 200
+        metrics = c.app_state["metrics"]
+        assert metrics.count("auth_failures", reason="invalid") >= 2
+        assert metrics.count("auth_failures", reason="missing") >= 2
+
+
+async def test_revoked_key_stops_working(settings: Settings) -> None:
+    key = await auth.create_api_key(settings.database_url, "t", settings)
+    args = AppArgs(auth={"key_cache_ttl_s": 0})
+    async for c in _anonymous(create_app(args, settings), settings):
+        headers = {"Authorization": f"Bearer {key}"}
+        assert (await c.get("/users", headers=headers)).status_code == 200
+        assert await auth.revoke(settings.database_url, key, settings)
+        assert_envelope(await c.get("/users", headers=headers), 401, "unauthorized")
+
+
+async def test_question_routes_open_or_keyed(settings: Settings) -> None:
+    key = await auth.create_api_key(settings.database_url, "t", settings)
+    body = {"question": "open?"}
+    async for c in _anonymous(create_app(AppArgs.model_validate(QUESTIONS), settings, FakeEngine), settings):
+        assert (await c.post("/question", json=body)).status_code == 200
+        # OpenAI clients always send some api_key: a foreign token is anonymous...
+        r = await c.post("/question", json=body, headers={"Authorization": "Bearer sk-unused"})
+        assert r.status_code == 200
+        # ...one of ours must be valid.
+        r = await c.post("/question", json=body, headers={"Authorization": f"Bearer {auth.new_key()[1]}"})
+        assert_envelope(r, 401, "unauthorized")
+    keyed = AppArgs.model_validate({**QUESTIONS, "auth": {"questions": "key"}})
+    async for c in _anonymous(create_app(keyed, settings, FakeEngine), settings):
+        for path in ("/question", "/question/stream", "/v1/chat/completions"):
+            assert_envelope(await c.post(path, json=body), 401, "unauthorized")
+        assert_envelope(await c.get("/v1/models"), 401, "unauthorized")
+        r = await c.post("/question", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200
+
+
+async def test_a_down_database_is_not_revealed_before_auth(redis_prefix: str) -> None:
+    """No key, or a key never verified: 401 whether or not PostgreSQL is up."""
+    settings = Settings(database_url="postgresql://postgres@127.0.0.1:1/none", redis_url=REDIS_URL,
+                        redis_key_prefix=redis_prefix)
+    _, key, _ = auth.new_key()
+    async for c in open_client(create_app(AppArgs(), settings)):
+        t0 = time.monotonic()
+        assert_envelope(await c.get("/users/1"), 401, "unauthorized")
+        r = await c.get("/users/1", headers={"Authorization": f"Bearer {key}"})
+        assert_envelope(r, 401, "unauthorized")
+        assert "retry-after" not in r.headers
+        assert time.monotonic() - t0 < 5
+        # Readiness is for the orchestrator, not an authenticated API.
+        assert (await c.get("/readyz")).status_code == 503
+
+
+async def test_api_key_command(settings: Settings) -> None:
+    import subprocess
+    import sys
+
+    env = {"DATABASE_URL": settings.database_url, "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "serve_app", "api-key", *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    created = run("create", "--name", "ci")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert auth.parse_bearer(f"Bearer {key}") is not None
+    listed = run("list")
+    key_id = key.split("_")[1]
+    assert key_id in listed.stdout and "active" in listed.stdout and key not in listed.stdout
+    assert run("revoke", key_id).returncode == 0
+    assert "revoked" in run("list").stdout
+    assert run("revoke", key_id).returncode == 1
+    # Only the hash of the secret is stored.
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        row = await conn.fetchrow("SELECT * FROM api_keys WHERE id = $1", key_id)
+    finally:
+        await conn.close()
+    assert bytes(row["secret_hash"]) == auth.hash_secret(key.split("_", 2)[2])
+    assert key.split("_", 2)[2].encode() not in b"".join(str(v).encode() for v in row.values())
+
+
+# -- rate limits ----------------------------------------------------------------------
+def _tight(**extra) -> AppArgs:
+    return AppArgs.model_validate({
+        **extra,
+        "rate_limits": {"users": {"rate_per_s": 0.05, "burst": 3}, "questions": {"rate_per_s": 0.05, "burst": 2}},
+    })
+
+
+async def test_over_the_limit_is_429_with_headers(settings: Settings) -> None:
+    async for c in open_client(create_app(_tight(**QUESTIONS), settings, FakeEngine), settings):
+        statuses = []
+        for _ in range(3):
+            r = await c.get("/users")
+            statuses.append(r.status_code)
+            assert r.headers["ratelimit-limit"] == "3"
+        assert statuses == [200, 200, 200]
+        assert r.headers["ratelimit-remaining"] == "0"
+        r = await c.get("/users")
+        assert_envelope(r, 429, "rate_limited")
+        assert int(r.headers["retry-after"]) >= 1
+        assert r.headers["ratelimit-remaining"] == "0" and int(r.headers["ratelimit-reset"]) > 0
+        # Questions have their own bucket; anonymous callers are limited by address.
+        anon = httpx.AsyncClient(transport=c._transport, base_url="http://test")
+        codes = [(await anon.post("/question", json={"question": f"q{i}"})).status_code for i in range(3)]
+        assert codes == [200, 200, 429]
+        assert c.app_state["metrics"].count("rate_limited", group="users") == 1
+
+
+async def test_limits_are_shared_between_replicas(settings: Settings) -> None:
+    """Two app instances (as two ingress replicas) draw from one bucket in Redis."""
+    key = await auth.create_api_key(settings.database_url, "t", settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    codes = []
+    async for a in open_client(create_app(_tight(), settings)):
+        async for b in open_client(create_app(_tight(), settings)):
+            for i in range(6):
+                codes.append((await (a if i % 2 else b).get("/users", headers=headers)).status_code)
+    assert codes.count(200) == 3 and codes.count(429) == 3, codes
+
+
+async def test_limiter_falls_back_to_local_buckets_without_redis(database: str, redis_prefix: str) -> None:
+    settings = Settings(database_url=database, redis_url="redis://127.0.0.1:1/0", redis_key_prefix=redis_prefix)
+    async for c in open_client(create_app(_tight(), settings), settings):
+        codes = [(await c.get("/users")).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        ready = (await c.get("/readyz")).json()["checks"]
+        assert ready["rate_limiter"] == "local" and ready["redis"] == "degraded"
+        assert c.app_state["metrics"].count("limiter_local", group="users") == 4
+
+
+# -- admission ----------------------------------------------------------------------
+class SlowEngine(FakeEngine):
+    def __init__(self, _metrics=None) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def chat(self, model, request, deadline_s):
+        await self.release.wait()
+        return await super().chat(model, request, deadline_s)
+
+
+async def test_past_max_in_flight_is_fast_503(settings: Settings) -> None:
+    engine = SlowEngine()
+    args = AppArgs.model_validate({**QUESTIONS, "max_in_flight": 1, "rate_limits": {"enabled": False}})
+    async for c in open_client(create_app(args, settings, lambda _m: engine), settings):
+        first = asyncio.create_task(c.post("/question", json={"question": "slow"}))
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        r = await c.post("/question", json={"question": "second"})
+        assert time.monotonic() - t0 < 1
+        assert_envelope(r, 503, "overloaded")
+        assert r.headers["retry-after"] == "1"
+        assert (await c.get("/healthz")).status_code == 200  # not counted
+        engine.release.set()
+        assert (await first).status_code == 200
+
+
+# -- idempotent creates ---------------------------------------------------------------
+async def test_idempotency_key_returns_the_first_result(client: httpx.AsyncClient, settings: Settings) -> None:
+    email = f"{uuid.uuid4().hex[:8]}@example.com"
+    body = {"name": "Idem", "email": email}
+    headers = {"Idempotency-Key": "create-1"}
+    results = await asyncio.gather(*(client.post("/users", json=body, headers=headers) for _ in range(8)))
+    assert {r.status_code for r in results} == {200}
+    assert len({r.json()["id"] for r in results}) == 1
+    assert sum(r.headers.get("idempotent-replayed") == "true" for r in results) == 7
+    again = await client.post("/users", json=body, headers=headers)
+    assert again.json() == results[0].json() and again.headers["idempotent-replayed"] == "true"
+    other = await client.post("/users", json={"name": "Other", "email": email}, headers=headers)
+    assert_envelope(other, 422, "invalid_input")
+    # Without the header a second create of the same email is a conflict.
+    assert_envelope(await client.post("/users", json=body), 409, "conflict")
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM users WHERE email = $1", email) == 1
+    finally:
+        await conn.close()
+    bad = await client.post("/users", json=body, headers={"Idempotency-Key": "x" * 201})
+    assert_envelope(bad, 422, "invalid_input")
