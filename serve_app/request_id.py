@@ -7,6 +7,7 @@ buffered and the per-request cost stays small.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import re
 import uuid
 
@@ -19,6 +20,24 @@ _VALID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 def current_request_id() -> str | None:
     return _request_id.get()
+
+
+def _adopt_in_serve(rid: str) -> None:
+    """Make ``rid`` Serve's request id for the rest of this request: Serve's
+    log lines of this replica and the calls it makes to the LLM pools carry it.
+
+    Serve's proxy already puts the client's id there, but its
+    throughput-optimized direct ingress does not always; a private contextvar
+    is the only handle on it (ray 2.60), so a rename costs only this.
+    """
+    try:
+        from ray.serve import context
+    except ImportError:
+        return
+    var = getattr(context, "_serve_request_context", None)
+    current = var.get() if var is not None else None
+    if current is not None and current.request_id != rid:
+        var.set(dataclasses.replace(current, request_id=rid))
 
 
 def accept_or_generate(candidate: str | None) -> str:
@@ -46,6 +65,7 @@ class RequestIdMiddleware:
                 supplied = value.decode("latin-1")
                 break
         if self.behind_serve_proxy and supplied:
+            _adopt_in_serve(supplied)
             token = _request_id.set(supplied)
             try:
                 await self.app(scope, receive, send)
