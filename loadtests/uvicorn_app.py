@@ -14,12 +14,15 @@ import os
 
 from fastapi import FastAPI
 
-from serve_app.config import AppArgs
+from serve_app.config import AppArgs, load_serve_config
 from serve_app.ingress import create_app
 from serve_app.settings import Settings
 
 
 def create() -> FastAPI:
     enabled = os.environ.get("LOADTEST_CACHE_ENABLED", "1") not in ("0", "false", "no")
-    args = {"cache": {"enabled": enabled}, "auth": {"users": "open"}, "rate_limits": {"enabled": False}}
+    # serve_config.yaml's args (ingress limits included), as the Serve side runs them.
+    args = load_serve_config()["applications"][0]["args"]
+    args.update(llm=None, cache={**args["cache"], "enabled": enabled}, auth={"users": "open"},
+                rate_limits={"enabled": False})
     return create_app(AppArgs.model_validate(args), Settings())

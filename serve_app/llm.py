@@ -52,14 +52,19 @@ def llm_config(model: ModelArgs, pool: PoolArgs) -> Any:
     # actor itself only coordinates and must not reserve a second CPU/GPU.
     serve_options["ray_actor_options"] = {"num_cpus": 0, "num_gpus": 0}
 
-    env = {"HF_HUB_OFFLINE": "1"} if not source.startswith(("s3://", "gs://")) and Path(source).exists() else {}
+    # vLLM's logging setup removes Serve's file handler in the LLM replicas:
+    # stderr (logs/worker-*.err) is where their lines, request ids included,
+    # land, and Serve's throughput-optimized mode stops copying them there.
+    env = {"RAY_SERVE_LOG_TO_STDERR": "1"}
+    if not source.startswith(("s3://", "gs://")) and Path(source).exists():
+        env["HF_HUB_OFFLINE"] = "1"
     env.update(pool.env)
     return LLMConfig(
         model_loading_config=loading,
         engine_kwargs=dict(pool.engine_kwargs),
         placement_group_config={"bundles": [engine_bundle(pool)]},
         deployment_config=serve_options,
-        runtime_env={"env_vars": env} if env else None,
+        runtime_env={"env_vars": env},
         experimental_configs={"stream_batching_interval_ms": pool.stream_batching_interval_ms},
         log_engine_metrics=True,
     )

@@ -42,10 +42,6 @@ THROUGHPUT_MODE_ENV = {
     # low traffic a request's lines would reach the log files (and the
     # dashboard) minutes later, or never before a crash.
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
-    # It also stops copying replica logs to stderr; vLLM's logging setup
-    # removes Serve's file handler in the LLM replicas, so stderr
-    # (logs/worker-*.err) is the only place their lines, request ids included, land.
-    "RAY_SERVE_LOG_TO_STDERR": "1",
 }
 
 
