@@ -61,6 +61,12 @@ class Pool:
     wake: Any = None  # the outstanding wake-up call, if any
     spilled: int = 0
     stream: Any = field(init=False, repr=False)
+    # The controller's last RUNNING count, and replicas seen dying under a call
+    # that it still counts (it notices at its next health check, up to
+    # health_check_period_s later; Serve queues calls for them meanwhile).
+    reported: int = 0
+    dead_actors: set[str] = field(default_factory=set)
+    death_seen_at: float = 0.0
 
     def __post_init__(self) -> None:
         # LLMServer.chat is an async generator: it must be called streaming.
@@ -145,10 +151,15 @@ class ServeLLMBackend:
 
     async def _refresh(self) -> None:
         counts = await asyncio.to_thread(self._running_counts, self._app_name)
+        now = time.monotonic()
         for pools in self._pools.values():
             for p in pools:
-                p.running = counts.get(p.deployment_name, 0)
-        self._last_refresh = time.monotonic()
+                count = counts.get(p.deployment_name, 0)
+                if p.dead_actors and (count < p.reported or now - p.death_seen_at > _DEATH_CONFIRM_S):
+                    p.dead_actors.clear()  # the controller has caught up (or never will)
+                p.reported = count
+                p.running = max(0, count - len(p.dead_actors))
+        self._last_refresh = now
 
     def status(self) -> dict[str, Any]:
         return {
@@ -203,10 +214,16 @@ class ServeLLMBackend:
         ready = [p for p in pools if p.running > 0]
         if not ready:
             raise DependencyUnavailable("the model is starting up; retry shortly", retry_after_s=10)
+        lost = False
         for pool in ready:
             gen = pool.stream.chat.remote(engine_request)
             try:
-                first = await gen.__anext__()
+                first = await self._first_item(gen, pool)
+            except _PoolLost:
+                gen.cancel()
+                lost = True
+                log.warning("pool %s lost its last running replica; trying the next pool", pool.name)
+                continue
             except BackPressureError:
                 pool.spilled += 1
                 self._metrics.spillover(model_id, pool.name)
@@ -217,14 +234,58 @@ class ServeLLMBackend:
                 continue
             except StopAsyncIteration as exc:
                 raise DependencyUnavailable("the model returned nothing") from exc
-            except BaseException:
+            except BaseException as exc:
                 # Deadline (a non-streamed answer arrives as one item, so the
                 # whole generation happens inside this await) or any failure:
                 # abort it on the engine rather than let it run to max_tokens.
+                self._note_replica_death(pool, exc)
                 gen.cancel()
                 raise
             return gen, first, pool
+        if lost:
+            raise DependencyUnavailable("the model replica failed; retry shortly", retry_after_s=10)
         raise Overloaded("all model replicas are busy; retry shortly", retry_after_s=2)
+
+    def _note_replica_death(self, pool: Pool, exc: BaseException) -> None:
+        """Counts a replica that died under a call out of ``pool`` at once,
+        so the calls queued for it (see ``_first_item``) and new ones get a
+        503 now rather than after the controller's next health check."""
+        from ray.exceptions import RayActorError
+
+        if isinstance(exc, Exception):
+            log.info("call to pool %s failed: %s", pool.name, type(exc).__name__)
+        # A killed replica surfaces as ActorUnavailableError to the calls in
+        # flight, then as ActorDiedError: both count.
+        if not isinstance(exc, RayActorError) or pool.reported == 0:
+            return
+        actor = exc.actor_id or "unknown"
+        if actor in pool.dead_actors:
+            return
+        pool.dead_actors.add(actor)
+        pool.death_seen_at = time.monotonic()
+        pool.running = max(0, pool.reported - len(pool.dead_actors))
+        log.warning("a replica of pool %s died; %d running replica(s) left", pool.name, pool.running)
+
+    async def _first_item(self, gen: Any, pool: Pool) -> Any:
+        """The first item of ``gen``; raises ``_PoolLost`` if ``pool`` has no
+        running replica left before it comes.
+
+        Serve holds a call without bound while a deployment has no live
+        replica: calls routed between a replica's death and the controller
+        noticing it (its health check) would otherwise wait for the replacement
+        engine, minutes on CPU, instead of failing over or getting a 503.
+        """
+        first = asyncio.ensure_future(gen.__anext__())
+        try:
+            while True:
+                done, _ = await asyncio.wait({first}, timeout=self._refresh_s)
+                if done:
+                    return first.result()
+                if pool.running == 0:
+                    raise _PoolLost(pool.name)
+        finally:
+            if not first.done():
+                first.cancel()
 
     async def chat(self, model_id: str, request: dict[str, Any], deadline_s: float) -> ChatResult:
         from ray.exceptions import RayError
@@ -287,6 +348,16 @@ class ServeLLMBackend:
                     gen.cancel()
 
         return ChatStream(chunks=chunks(), pool=pool.name)
+
+
+class _PoolLost(Exception):
+    pass
+
+
+# A replica death the controller's count does not reflect after this long is
+# forgotten: past one health check period (10 s by default) the replica was
+# only unreachable for a moment, and the pool must not stay counted out.
+_DEATH_CONFIRM_S = 15.0
 
 
 def serve_running_counts(app_name: str | None) -> dict[str, int]:
