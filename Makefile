@@ -55,7 +55,8 @@ test-llm: model system-deps
 	$(PY) -m pytest tests/llm -q
 
 # Issue 7: kills and hangs its own throwaway PostgreSQL/Redis and Ray processes
-# (an LLM replica, a worker node) under load; about 7 minutes here.
+# (an LLM replica, a worker node) under load; about 9.5 minutes here (three
+# vLLM cold starts: the deploy and two replacements).
 test-faults: model system-deps
 	$(PY) -m pytest tests/faults -q
 
