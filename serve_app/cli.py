@@ -70,7 +70,7 @@ def ensure_model(settings: Settings, app_args: AppArgs, quiet: bool = False) -> 
 
 
 def cmd_run(settings: Settings, ns: argparse.Namespace) -> int:
-    from serve_app.local_ray import LocalRay
+    from serve_app.local_ray import LocalRay, run_command_cluster_id
 
     config_path = Path(ns.config)
     config = load_serve_config(config_path)
@@ -81,7 +81,7 @@ def cmd_run(settings: Settings, ns: argparse.Namespace) -> int:
     ensure_model(settings, app_args)
     http_port = int(config.get("http_options", {}).get("port", 8000))
     ray = LocalRay(head_cpus=ns.num_cpus, gcs_port=ns.ray_port, dashboard_port=8265, http_port=http_port,
-                   metrics_port=8080, extra_env=urls)
+                   metrics_port=8080, extra_env=urls, cluster_id=run_command_cluster_id())
     _say(f"starting Ray (GCS 127.0.0.1:{ray.gcs_port}, dashboard {ray.dashboard}, metrics :{ray.metrics_port})")
     ray.start()
     # The URLs reach the replicas through the Ray processes' environment.
@@ -107,10 +107,12 @@ def cmd_run(settings: Settings, ns: argparse.Namespace) -> int:
 
 def cmd_stop(settings: Settings, _: argparse.Namespace) -> int:
     from serve_app import local_services
-    from serve_app.local_ray import stop_ray_and_engines
+    from serve_app.local_ray import run_command_cluster_id, stop_cluster
     from serve_app.monitoring import stop_prometheus
 
-    stop_ray_and_engines()
+    # Only this checkout's run-command cluster: other Ray clusters on the
+    # machine (another checkout, a test run) are left alone.
+    stop_cluster(run_command_cluster_id())
     stop_prometheus(settings.data_dir)
     local_services.stop_redis(settings.data_dir)
     local_services.stop_postgres(settings.data_dir)

