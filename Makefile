@@ -15,20 +15,20 @@ system-deps:
 # Starts PostgreSQL/Redis under .local/ when DATABASE_URL/REDIS_URL are unset,
 # provisions the model if missing, starts Ray and deploys serve_config.yaml.
 run: setup
-	$(PY) -m serve_app run $(RUN_ARGS)
+	$(PY) -m devtools run $(RUN_ARGS)
 
 stop: setup
-	$(PY) -m serve_app stop
+	$(PY) -m devtools stop
 
 model: setup
-	$(PY) -m serve_app provision-model --quiet
+	$(PY) -m devtools provision-model --quiet
 
 # Local Prometheus on :9090 scraping the run command's Ray (metrics on :8080).
 monitoring: setup system-deps
-	$(PY) -m serve_app monitoring
+	$(PY) -m devtools monitoring
 
 lint: setup
-	$(VENV)/bin/ruff check serve_app tests loadtests
+	$(VENV)/bin/ruff check serve_app devtools tests loadtests
 
 # locust and matplotlib live in their own venv (.venv-load): locust's gevent
 # patches sockets on import.

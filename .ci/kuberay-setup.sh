@@ -8,7 +8,7 @@
 #                       kustomize/kubectl binary is needed. Its metadata says
 #                       Requires-Python >=3.14 but the wheel is py3-none-any ctypes/cffi
 #                       code that runs on 3.11: installed with --ignore-requires-python.
-#   pydantic, pydantic-settings, pyyaml: so serve_app.kuberay_gen/config import here.
+#   pydantic, pydantic-settings, pyyaml: so devtools.kuberay_gen/config import here.
 #   dockerfile-parse, pytest
 set -euo pipefail
 

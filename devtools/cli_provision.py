@@ -2,7 +2,7 @@
 
 Wire into the package CLI with::
 
-    from serve_app import cli_provision
+    from devtools import cli_provision
     cli_provision.add_parser(subparsers,
                              default_source=settings.model_source,
                              default_dest=settings.model_dir / "SmolLM2-135M-Instruct")
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serve_app.provision import DEFAULT_DEST, DEFAULT_SOURCE, ProvisionError, provision_model
+from devtools.provision import DEFAULT_DEST, DEFAULT_SOURCE, ProvisionError, provision_model
 
 COMMAND = "provision-model"
 
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve_app.cli_provision")
+    parser = argparse.ArgumentParser(prog="python -m devtools.cli_provision")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_parser(subparsers)
     args = parser.parse_args([COMMAND, *(argv if argv is not None else sys.argv[1:])])

@@ -46,6 +46,6 @@ def start_prometheus(data_dir: Path, metrics_targets: list[str], port: int = PRO
 
 
 def stop_prometheus(data_dir: Path) -> None:
-    from serve_app.local_services import terminate_pidfile
+    from devtools.local_services import terminate_pidfile
 
     terminate_pidfile(data_dir / "prometheus" / "prometheus.pid")

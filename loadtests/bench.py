@@ -39,10 +39,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from devtools.local_ray import THROUGHPUT_MODE_ENV, cluster_processes  # noqa: E402
+from loadtests import bench_report as R  # noqa: E402
 from loadtests.loadgen import have_wrk, run_load  # noqa: E402
-from serve_app import bench_report as R  # noqa: E402
 from serve_app.llm import resolve_model_source  # noqa: E402
-from serve_app.local_ray import THROUGHPUT_MODE_ENV, cluster_processes  # noqa: E402
 from tests.conftest import REDIS_URL, create_database, drop_database, drop_prefix, pg_dsn  # noqa: E402
 from tests.serve_harness import LocalRay  # noqa: E402
 from tests.serve_harness import args_from_serve_config as _serve_config_args  # noqa: E402
@@ -55,7 +55,7 @@ def args_from_serve_config(**overrides: Any) -> dict[str, Any]:
     return _serve_config_args(**{"auth": {"users": "open"}, "rate_limits": {"enabled": False}, **overrides})
 
 try:
-    from serve_app.local_ray import free_port
+    from devtools.local_ray import free_port
 except ImportError:  # older layout: everything in tests/serve_harness.py
     from tests.serve_harness import free_port  # type: ignore[no-redef]
 

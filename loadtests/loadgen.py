@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from serve_app.bench_report import percentile  # noqa: E402
+from loadtests.bench_report import percentile  # noqa: E402
 
 WRK_LUA = r"""
 local paths = {}

@@ -15,7 +15,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from serve_app.bench_report import fmt, md_table, ratio, verdict  # noqa: E402
+from loadtests.bench_report import fmt, md_table, ratio, verdict  # noqa: E402
 
 LOAD_PY = HERE.parent / ".venv-load" / "bin" / "python"
 
@@ -256,7 +256,7 @@ Ray's own daemons (GCS, raylet, the Serve controller, metrics) all compete for t
 gRPC between deployments, a frozen GC and buffered request logs; `RAY_SERVE_ENABLE_HA_PROXY=1` puts HAProxy in
 front of the replicas' own HTTP ports. Both are `ray start` environment (the Serve controller reads them at start),
 so on KubeRay they belong in the head and worker pods' env. That pair won here and is the default of the run
-command (`serve_app/local_ray.py`) and of the RayService (`kuberay/base/rayservice.yaml`).
+command (`devtools/local_ray.py`) and of the RayService (`kuberay/base/rayservice.yaml`).
 """
 
 TUNING_TEXT = """

@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
+from devtools.local_ray import LocalRay
 from serve_app.config import REPO_ROOT, SERVE_CONFIG_PATH
-from serve_app.local_ray import LocalRay
 
 REPO = REPO_ROOT
 

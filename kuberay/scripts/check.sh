@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Single offline entrypoint for the kuberay/ checks; exits non-zero on any failure.
 #   1. .ci/kuberay-setup.sh      tools into .venv-k8s (idempotent)
-#   2. serveConfigV2 drift       python -m serve_app.kuberay_gen --check
+#   2. serveConfigV2 drift       python -m devtools.kuberay_gen --check
 #   3. kuberay_checks.py         kustomize render (all variants), kubernetes-validate
 #                                --strict, CRD schemas, policy, Dockerfiles, checkov
 #   4. pytest tests/kuberay      incl. the planted-mistake tests
@@ -14,7 +14,7 @@ bash "$ROOT/.ci/kuberay-setup.sh"
 PY="$ROOT/.venv-k8s/bin/python"
 
 echo "== serveConfigV2 drift"
-"$PY" -m serve_app.kuberay_gen --check
+"$PY" -m devtools.kuberay_gen --check
 
 echo "== render + validate + policy + checkov + Dockerfiles"
 "$PY" "$ROOT/kuberay/scripts/kuberay_checks.py"

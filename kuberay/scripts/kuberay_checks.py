@@ -9,7 +9,7 @@
   or an entry of kuberay/crd-allowlist.yaml; anything else fails;
 * policy: what this service requires (pinned rayVersion, GPU group scheduling,
   routes only to Serve's 8000, TLS policy, probes left to KubeRay, ...);
-* serveConfigV2 drift against serve_config.yaml (serve_app.kuberay_gen);
+* serveConfigV2 drift against serve_config.yaml (devtools.kuberay_gen);
 * checkov on the rendered manifests plus the Ray pod templates extracted as Pods,
   with skips (one reason each) from kuberay/checkov-skips.yaml;
 * Dockerfiles: pinned base, non-root USER, no `latest`.
@@ -316,12 +316,12 @@ def policy_errors(docs: list[dict[str, Any]], overlay: str | None = None) -> lis
 
     # Serve config: drift against serve_config.yaml, and prod's replica floor.
     if overlay:
-        from serve_app import kuberay_gen
+        from devtools import kuberay_gen
 
         rendered = yaml.safe_load(spec.get("serveConfigV2") or "{}")
         if rendered != kuberay_gen.build_serve_config(overlay):
             errs.append(f"{rid}: serveConfigV2 drifted from serve_config.yaml + overrides "
-                        f"(python -m serve_app kuberay-config --overlay {overlay} --write)")
+                        f"(python -m devtools kuberay-config --overlay {overlay} --write)")
         if overlay == "prod":
             for app in rendered.get("applications", []):
                 ingress = (app.get("args") or {}).get("ingress") or {}
@@ -494,7 +494,7 @@ def main() -> int:
         (out_dir / f"{fname}.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
         (out_dir / f"{fname}-pods.yaml").write_text(yaml.safe_dump_all(pods, sort_keys=False))
 
-    from serve_app import kuberay_gen
+    from devtools import kuberay_gen
 
     for overlay in kuberay_gen.OVERLAYS:
         diff = kuberay_gen.drift(overlay)

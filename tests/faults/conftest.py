@@ -18,9 +18,9 @@ from typing import Any
 import psutil
 import pytest
 
+from devtools.local_ray import LocalRay
+from devtools.provision import is_provisioned, provision_model
 from serve_app.auth import create_api_key
-from serve_app.local_ray import LocalRay
-from serve_app.provision import is_provisioned, provision_model
 from serve_app.settings import Settings
 from tests.faults import procs, report
 from tests.faults.stack import ThrowawayPostgres, ThrowawayRedis

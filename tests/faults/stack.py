@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from serve_app.local_ray import free_port
+from devtools.local_ray import free_port
 
 SHARED_PORTS = (5432, 6379)
 

@@ -100,8 +100,8 @@ def test_no_email_or_name_in_any_log(users_app) -> None:
 
 
 def test_local_prometheus_scrapes_the_app_metrics(users_app, tmp_path) -> None:
-    from serve_app.local_ray import free_port
-    from serve_app.monitoring import start_prometheus, stop_prometheus
+    from devtools.local_ray import free_port
+    from devtools.monitoring import start_prometheus, stop_prometheus
 
     targets = [f"127.0.0.1:{p}" for p in (users_app.metrics_port, *users_app.worker_metrics_ports)]
     url = start_prometheus(tmp_path, targets, port=free_port())

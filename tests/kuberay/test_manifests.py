@@ -12,7 +12,7 @@ import yaml
 from kuberay_testlib import REPO_ROOT, rendered
 
 import kuberay_checks as kc
-from serve_app import kuberay_gen
+from devtools import kuberay_gen
 from serve_app.config import AppArgs
 
 

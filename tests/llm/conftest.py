@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.provision import is_provisioned, provision_model
 from serve_app.config import DEFAULT_MODEL_ID
-from serve_app.provision import is_provisioned, provision_model
 from tests.conftest import REDIS_URL
 from tests.serve_harness import REPO, args_from_serve_config
 

@@ -9,7 +9,7 @@ import uuid
 import httpx
 import pytest
 
-from serve_app.kuberay_gen import extract_serve_config
+from devtools.kuberay_gen import extract_serve_config
 from tests.conftest import REDIS_URL
 from tests.llm.conftest import MODEL_DIR
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from serve_app import provision
-from serve_app.provision import MARKER_NAME, is_provisioned, provision_model, read_marker
+from devtools import provision
+from devtools.provision import MARKER_NAME, is_provisioned, provision_model, read_marker
 
 pytestmark = pytest.mark.llm
 

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from serve_app import bench_report as R
+from loadtests import bench_report as R
 
 
 def test_percentile_interpolates_like_numpy_linear() -> None:

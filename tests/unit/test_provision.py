@@ -1,4 +1,4 @@
-"""Fast tests for serve_app.provision: no torch, no network.
+"""Fast tests for devtools.provision: no torch, no network.
 
 The real materializers are replaced through the ``provision._materialize``
 seam by a fake that writes a tiny model folder.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from serve_app import cli_provision, provision
-from serve_app.provision import (
+from devtools import cli_provision, provision
+from devtools.provision import (
     MARKER_NAME,
     ProvisionError,
     SourceSpec,
@@ -244,7 +244,7 @@ def test_fast_path_imports_no_heavy_modules(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from serve_app.provision import is_provisioned, provision_model\n"
+        "from devtools.provision import is_provisioned, provision_model\n"
         f"dest = Path({str(dest)!r})\n"
         "assert is_provisioned(dest)\n"
         "assert provision_model('local-gguf', dest) == dest\n"
