@@ -1,8 +1,10 @@
 """PostgreSQL connection pool and schema migrations.
 
-Migrations are ordered ``sql/migrations/NNNN_name.sql`` files applied once each,
-inside one transaction holding an advisory lock, so replicas that start together
-apply them exactly once and the others wait, then see them applied.
+Migrations are ordered ``serve_app/migrations/NNNN_name.sql`` files (package data,
+read with importlib.resources, so they travel with the installed package into the
+images) applied once each, inside one transaction holding an advisory lock, so
+replicas that start together apply them exactly once and the others wait, then see
+them applied. ``sql/schema.sql`` at the repo root is the readable current schema.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import logging
 import re
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 import asyncpg
 
@@ -20,8 +23,8 @@ from serve_app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-MIGRATIONS_DIR = SQL_DIR / "migrations"
+MIGRATIONS_PACKAGE = "serve_app"
+MIGRATIONS_DIR = "migrations"
 # Any constant shared by every replica works; this spells "qa-migrations".
 MIGRATION_LOCK_ID = 0x71612D6D6967
 
@@ -43,6 +46,12 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class MigrationsMissing(RuntimeError):
+    """The migration files are not where the package says: a broken build or
+    image, not an outage. Deliberately not an OSError, so it is never mistaken
+    for "database unavailable" and retried for ever."""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -50,13 +59,26 @@ class Migration:
     sql: str
 
 
-def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def migrations_dir() -> Traversable:
+    return resources.files(MIGRATIONS_PACKAGE) / MIGRATIONS_DIR
+
+
+def load_migrations(directory: Traversable | None = None) -> list[Migration]:
+    """Every migration, ordered; raises MigrationsMissing when there is none."""
+    directory = migrations_dir() if directory is None else directory
+    try:
+        entries = sorted(directory.iterdir(), key=lambda p: p.name)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise MigrationsMissing(f"migrations folder {directory} is missing: the package was built "
+                                f"without its package data (serve_app/migrations/*.sql)") from exc
     migrations = []
-    for path in sorted(directory.iterdir()):
+    for path in entries:
         m = _MIGRATION_FILE.match(path.name)
         if not m:
             continue
-        migrations.append(Migration(int(m.group(1)), m.group(2), path.read_text()))
+        migrations.append(Migration(int(m.group(1)), m.group(2), path.read_text(encoding="utf-8")))
+    if not migrations:
+        raise MigrationsMissing(f"no NNNN_name.sql migration in {directory}")
     versions = [m.version for m in migrations]
     if len(set(versions)) != len(versions):
         raise ValueError(f"duplicate migration versions in {directory}")
@@ -130,9 +152,11 @@ async def connect(settings: Settings, dsn: str) -> asyncpg.Connection:
     )
 
 
-async def migrate(settings: Settings, dsn: str) -> list[int]:
+async def migrate(settings: Settings, dsn: str, migrations: list[Migration] | None = None) -> list[int]:
+    # Loaded before connecting: a missing file is reported as itself, never as an outage.
+    migrations = load_migrations() if migrations is None else migrations
     conn = await connect(settings, dsn)
     try:
-        return await apply_migrations(conn)
+        return await apply_migrations(conn, migrations)
     finally:
         await conn.close()

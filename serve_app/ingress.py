@@ -54,6 +54,9 @@ class Migrations:
     def __init__(self, settings: Settings, dsn: str) -> None:
         self._settings = settings
         self._dsn = dsn
+        # Read now: a replica whose image lacks the files fails to start with
+        # MigrationsMissing instead of answering 503 for ever.
+        self._migrations = db.load_migrations()
         self.done = False
         self._task: asyncio.Task[None] | None = None
 
@@ -63,7 +66,7 @@ class Migrations:
 
     async def _attempt(self) -> bool:
         try:
-            await db.migrate(self._settings, self._dsn)
+            await db.migrate(self._settings, self._dsn, self._migrations)
         except db.UNAVAILABLE_ERRORS as exc:
             log.warning("migrations not applied yet: database unavailable (%s)", type(exc).__name__)
             return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -14,6 +15,9 @@ from serve_app.settings import Settings
 from tests.conftest import create_database, drop_database, pg_dsn
 
 pytestmark = pytest.mark.integration
+
+# The readable current schema (not shipped in the images; the migrations are).
+SCHEMA_SQL = Path(__file__).resolve().parents[2] / "sql" / "schema.sql"
 
 CATALOG = """
 SELECT table_name, column_name, data_type, is_nullable, column_default
@@ -42,7 +46,7 @@ async def test_migrations_match_schema_sql(database: str) -> None:
     try:
         conn = await asyncpg.connect(pg_dsn(other))
         try:
-            await conn.execute((db.SQL_DIR / "schema.sql").read_text())
+            await conn.execute(SCHEMA_SQL.read_text())
         finally:
             await conn.close()
         assert await _catalog(database) == await _catalog(pg_dsn(other))
