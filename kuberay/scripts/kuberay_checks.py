@@ -3,10 +3,15 @@
 * render: the real kustomize (Go library kustomize/api v0.21.3 through the
   `pykustomize` wheel) - no kustomize/kubectl binary needed;
 * built-in kinds: kubernetes-validate --strict against the newest bundled Kubernetes;
-* custom resources: jsonschema against the CRDs' openAPIV3Schema from shared/crds
-  (made strict: additionalProperties false wherever the CRD lists properties and
-  does not preserve unknown fields), or a hand-written schema in kuberay/schemas,
-  or an entry of kuberay/crd-allowlist.yaml; anything else fails;
+* custom resources: the upstream CRDs in ../shared/crds only (KubeRay, Gateway API,
+  AWS Load Balancer Controller, Karpenter), as the API server does it: schema
+  defaults applied, then jsonschema against the openAPIV3Schema (made strict:
+  additionalProperties false wherever the CRD lists properties and does not
+  preserve unknown fields), then every `x-kubernetes-validations` CEL rule
+  evaluated (cel-python, plus the Kubernetes CEL library functions the CRDs use);
+  a rule that cannot be evaluated is an error, transition rules (oldSelf) are
+  reported as update-only; a deprecated CRD version is an error. A kind without a
+  CRD fails unless kuberay/crd-allowlist.yaml names it with a reason;
 * policy: what this service requires (pinned rayVersion, GPU group scheduling,
   routes only to Serve's 8000, TLS policy, probes left to KubeRay, ...);
 * serveConfigV2 drift against serve_config.yaml (devtools.kuberay_gen);
@@ -27,6 +32,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -34,11 +40,11 @@ from typing import Any, Iterable
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _p in (REPO_ROOT, Path(__file__).resolve().parent):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 KUBERAY = REPO_ROOT / "kuberay"
-SCHEMAS_DIR = KUBERAY / "schemas"
 ALLOWLIST = KUBERAY / "crd-allowlist.yaml"
 CHECKOV_SKIPS = KUBERAY / "checkov-skips.yaml"
 RAY_VERSION = "2.60.0"
@@ -46,6 +52,19 @@ RAYSERVICE = "qa"
 SERVE_SVC = f"{RAYSERVICE}-serve-svc"
 FORBIDDEN_PORTS = {8265: "dashboard", 10001: "Ray client", 6379: "GCS", 52365: "dashboard agent"}
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+# Where vLLM on CUDA writes under a read-only root filesystem: each needs a writable
+# mount in the GPU pods (Triton kernels, torch/vLLM/HF caches, the CUDA JIT cache).
+GPU_WRITABLE_DIRS = ("/tmp", "/home/ray/.cache", "/home/ray/.triton", "/home/ray/.nv", "/home/ray/.config")
+ENV_HCL = REPO_ROOT / "infra" / "live" / "{env}" / "env.hcl"
+
+
+def env_vpc_cidr(env: str) -> str | None:
+    """`vpc_cidr` of infra/live/<env>/env.hcl (a plain string attribute there)."""
+    import re
+
+    path = Path(str(ENV_HCL).format(env=env))
+    m = re.search(r'^\s*vpc_cidr\s*=\s*"([^"]+)"', path.read_text(), flags=re.M) if path.is_file() else None
+    return m.group(1) if m else None
 
 # name -> (kustomization dir or None, extra components). The namespaced monitoring
 # component is rendered on top of prod; the cluster-scoped Karpenter NodePool alone.
@@ -150,13 +169,21 @@ def strictify(schema: Any) -> Any:
     return out
 
 
+@dataclass(frozen=True)
+class CrdVersion:
+    schema: dict[str, Any]  # raw openAPIV3Schema: defaults and CEL rules
+    strict: dict[str, Any]  # the same made strict, for jsonschema
+    deprecated: bool
+    source: str
+
+
 @lru_cache(maxsize=None)
-def crd_schemas(directory: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
-    """(apiVersion, kind) -> strict openAPIV3Schema, for every CRD under `directory`."""
+def crd_versions(directory: str | None = None) -> dict[tuple[str, str], CrdVersion]:
+    """(apiVersion, kind) -> the served version of every CRD under `directory`."""
     root = Path(directory) if directory else crds_dir()
-    schemas: dict[tuple[str, str], dict[str, Any]] = {}
+    out: dict[tuple[str, str], CrdVersion] = {}
     if not root.is_dir():
-        return schemas
+        return out
     for path in sorted(root.rglob("*.y*ml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if not doc or doc.get("kind") != "CustomResourceDefinition":
@@ -164,18 +191,36 @@ def crd_schemas(directory: str | None = None) -> dict[tuple[str, str], dict[str,
             group, kind = doc["spec"]["group"], doc["spec"]["names"]["kind"]
             for version in doc["spec"]["versions"]:
                 schema = (version.get("schema") or {}).get("openAPIV3Schema")
-                if schema:
-                    schemas[(f"{group}/{version['name']}", kind)] = strictify(schema)
-    return schemas
-
-
-@lru_cache(maxsize=None)
-def hand_schemas() -> dict[tuple[str, str], dict[str, Any]]:
-    out = {}
-    for path in SCHEMAS_DIR.glob("*.json"):
-        group, version, kind = path.stem.split("_")
-        out[(f"{group}/{version}", kind)] = json.loads(path.read_text())
+                if schema and version.get("served", True):
+                    out[(f"{group}/{version['name']}", kind)] = CrdVersion(
+                        schema, strictify(schema), bool(version.get("deprecated")),
+                        f"{path.parent.name}/{path.name}")
     return out
+
+
+def crd_schemas(directory: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> strict openAPIV3Schema."""
+    return {k: v.strict for k, v in crd_versions(directory).items()}
+
+
+def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """Structural defaulting as the API server does it before validation: a missing
+    property with a `default` gets it (and defaults inside it), recursively."""
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for name, sub in props.items():
+            if name not in value and "default" in sub:
+                value[name] = copy.deepcopy(sub["default"])
+            if name in value:
+                value[name] = apply_defaults(sub, value[name])
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for k in value:
+                if k not in props:
+                    value[k] = apply_defaults(extra, value[k])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [apply_defaults(schema["items"], v) for v in value]
+    return value
 
 
 @lru_cache(maxsize=None)
@@ -196,14 +241,25 @@ def _schema_errors(schema: dict[str, Any], doc: dict[str, Any]) -> list[str]:
 
 
 def validate_doc(doc: dict[str, Any], notes: list[str] | None = None) -> list[str]:
-    """Schema errors of one document ([] = valid)."""
+    """Schema and CEL errors of one document ([] = valid)."""
     import kubernetes_validate
 
+    import cel_rules
+
     key = (doc.get("apiVersion", ""), doc.get("kind", ""))
-    if key in crd_schemas():
-        return _schema_errors(crd_schemas()[key], doc)
-    if key in hand_schemas():
-        return _schema_errors(hand_schemas()[key], doc)
+    crd = crd_versions().get(key)
+    if crd is not None:
+        errs = []
+        if crd.deprecated:
+            errs.append(f"{kind_id(doc)}: {key[0]} is deprecated in {crd.source}: use the storage version")
+        defaulted = apply_defaults(crd.schema, copy.deepcopy(doc))
+        errs += _schema_errors(crd.strict, defaulted)
+        if not errs:  # CEL rules assume a schema-valid object (the API server checks in this order)
+            result = cel_rules.evaluate(crd.schema, defaulted)
+            errs += [f"{kind_id(doc)}: {e}" for e in result.errors]
+            if notes is not None:
+                notes += [f"{kind_id(doc)}: {n}" for n in result.notes]
+        return errs
     if key in allowlist():
         if notes is not None:
             notes.append(f"{kind_id(doc)}: not schema-validated: {allowlist()[key]}")
@@ -212,8 +268,7 @@ def validate_doc(doc: dict[str, Any], notes: list[str] | None = None) -> list[st
         kubernetes_validate.validate(doc, k8s_version(), strict=True)
         return []
     except kubernetes_validate.SchemaNotFoundError:
-        return [f"{kind_id(doc)}: no CRD in {crds_dir()}, no schema in kuberay/schemas, "
-                f"not in kuberay/crd-allowlist.yaml"]
+        return [f"{kind_id(doc)}: no CRD in {crds_dir()} and not in kuberay/crd-allowlist.yaml"]
     except kubernetes_validate.ValidationError as e:
         path = "/".join(str(p) for p in e.path) or "<root>"
         return [f"{kind_id(doc)}: {path}: {e.message[:300]}"]
@@ -293,6 +348,13 @@ def policy_errors(docs: list[dict[str, Any]], overlay: str | None = None) -> lis
                 errs.append(f"{cw}: envFrom secretRef app-credentials missing")
         if any(_gpu_limit(c) for c in _containers(pspec)):
             gpu_groups += 1
+            for c in _containers(pspec):
+                if (c.get("securityContext") or {}).get("readOnlyRootFilesystem"):
+                    mounted = {m.get("mountPath") for m in c.get("volumeMounts") or [] if not m.get("readOnly")}
+                    missing = [d for d in GPU_WRITABLE_DIRS if d not in mounted]
+                    if missing:
+                        errs.append(f"{where} container {c.get('name')}: read-only root filesystem without "
+                                    f"writable mounts for {missing} (vLLM/Triton/CUDA write there)")
             g = next(x for x in rc.get("workerGroupSpecs", []) if x["groupName"] == group)
             if g.get("minReplicas") != 0:
                 errs.append(f"{where}: GPU group minReplicas must be 0")
@@ -344,7 +406,23 @@ def policy_errors(docs: list[dict[str, Any]], overlay: str | None = None) -> lis
             if p.get("port") in FORBIDDEN_PORTS or p.get("targetPort") in FORBIDDEN_PORTS:
                 errs.append(f"{kind_id(svc)}: exposes Ray-internal port {p.get('port')}")
     errs += gateway_errors(docs)
+    errs += network_policy_errors(docs, overlay)
     return errs
+
+
+def network_policy_errors(docs: list[dict[str, Any]], overlay: str | None) -> list[str]:
+    """The ALB rule admits exactly the environment's VPC CIDR (infra/live/<env>/env.hcl)."""
+    if overlay not in ("test", "prod"):
+        return []
+    want = env_vpc_cidr(overlay)
+    nps = find(docs, "NetworkPolicy", "allow-serve-from-alb")
+    if not nps:
+        return ["NetworkPolicy allow-serve-from-alb missing"]
+    cidrs = [peer["ipBlock"]["cidr"] for rule in nps[0]["spec"].get("ingress", [])
+             for peer in rule.get("from", []) if "ipBlock" in peer]
+    if cidrs != [want]:
+        return [f"{kind_id(nps[0])}: ipBlock {cidrs} != [{want!r}] (vpc_cidr of infra/live/{overlay}/env.hcl)"]
+    return []
 
 
 def gateway_errors(docs: list[dict[str, Any]]) -> list[str]:

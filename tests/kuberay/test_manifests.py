@@ -278,3 +278,134 @@ def test_planted_dockerfile_mistakes(tmp_path, content, needle):
     path.write_text(content)
     errs = kc.dockerfile_errors(path)
     assert any(needle in e for e in errs), errs
+
+
+# ----------------------------------------------------------------- issue 12: upstream CRDs only, CEL evaluated
+def test_no_hand_written_schemas():
+    assert not (REPO_ROOT / "kuberay" / "schemas").exists()
+    # Every CRD-backed kind we render is validated against ../shared/crds, none allow-listed but PodMonitor.
+    assert [k for _, k in kc.allowlist()] == ["PodMonitor"]
+
+
+def test_every_custom_resource_has_its_upstream_crd_and_cel_rules_ran():
+    import cel_rules
+
+    evaluated, kinds = 0, set()
+    for variant in kc.VARIANTS:
+        for doc in rendered(variant):
+            key = (doc["apiVersion"], doc["kind"])
+            crd = kc.crd_versions().get(key)
+            if crd is None:  # a built-in kind (kubernetes-validate knows it) or the allow-listed PodMonitor
+                assert key in kc.allowlist() or kc.validate_doc(doc) == [], key
+                continue
+            assert not crd.deprecated, key
+            kinds.add(key[1])
+            evaluated += cel_rules.evaluate(crd.schema, kc.apply_defaults(crd.schema, doc)).evaluated
+    assert {"RayService", "Gateway", "HTTPRoute", "LoadBalancerConfiguration", "TargetGroupConfiguration",
+            "NodePool"} <= kinds
+    assert evaluated > 100  # Gateway, HTTPRoute and NodePool rules really ran
+
+
+def test_planted_lowercase_health_check_protocol(test_docs):
+    """Finding 3: upstream's enum is HTTP|HTTPS|TCP; the hand-written schema accepted `http`."""
+    tgc = one(test_docs, "TargetGroupConfiguration")
+    assert tgc["spec"]["defaultConfiguration"]["healthCheckConfig"]["healthCheckProtocol"] == "HTTP"
+    tgc["spec"]["defaultConfiguration"]["healthCheckConfig"]["healthCheckProtocol"] = "http"
+    errs = kc.validate_doc(tgc)
+    assert any("healthCheckProtocol" in e and "'http' is not one of" in e for e in errs), errs
+
+
+def test_planted_deprecated_lbc_api_version(test_docs):
+    lbc = one(test_docs, "LoadBalancerConfiguration")
+    lbc["apiVersion"] = "gateway.k8s.aws/v1beta1"
+    assert any("deprecated" in e for e in kc.validate_doc(lbc))
+
+
+def test_planted_cel_violation_redirect_with_backend(test_docs):
+    route = one(test_docs, "HTTPRoute", "qa-http-redirect")
+    assert kc.validate_doc(route) == []
+    route["spec"]["rules"][0]["backendRefs"] = [{"name": "qa-serve-svc", "port": 8000}]
+    errs = kc.validate_doc(route)
+    assert any("RequestRedirect filter must not be used together with backendRefs" in e for e in errs), errs
+
+
+def test_planted_cel_violation_in_gateway(test_docs):
+    gw = one(test_docs, "Gateway")
+    gw["spec"]["listeners"][0]["tls"] = {"mode": "Terminate"}  # tls on a plain-HTTP listener
+    errs = kc.validate_doc(gw)
+    assert any("tls must not be specified for protocols" in e for e in errs), errs
+
+
+def test_unevaluable_rule_fails_instead_of_passing():
+    import cel_rules
+
+    schema = {"type": "object", "x-kubernetes-validations": [{"rule": "self.name.noSuchFunction()"}],
+              "properties": {"name": {"type": "string"}}}
+    result = cel_rules.evaluate(schema, {"name": "x"})
+    assert result.errors and "cannot evaluate" in result.errors[0], result
+    false_rule = {"type": "object", "x-kubernetes-validations": [{"rule": "self.n > 1", "message": "n too small"}]}
+    assert cel_rules.evaluate(false_rule, {"n": 1}).errors == ["<root>: n too small (rule: self.n > 1)"]
+    assert cel_rules.evaluate(false_rule, {"n": 2}).errors == []
+
+
+def test_kubernetes_cel_library_functions():
+    import cel_rules
+
+    schema = {"x-kubernetes-validations": [
+        {"rule": "self.split('/').size() == 2 && self.find('[0-9]+') == '42'"}]}
+    assert cel_rules.evaluate(schema, "a42/b").errors == []
+    assert cel_rules.evaluate(schema, "a/b/c").errors
+
+
+def test_defaults_applied_before_cel():
+    schema = {"type": "object", "properties": {"mode": {"type": "string", "default": "x"}}}
+    assert kc.apply_defaults(schema, {}) == {"mode": "x"}
+
+
+# ----------------------------------------------------------------- issue 12: per-env CIDR, GPU caches
+@pytest.mark.parametrize("overlay,cidr", [("test", "10.20.0.0/16"), ("prod", "10.30.0.0/16")])
+def test_alb_network_policy_uses_the_env_vpc_cidr(overlay, cidr):
+    assert kc.env_vpc_cidr(overlay) == cidr
+    np = one(rendered(overlay), "NetworkPolicy", "allow-serve-from-alb")
+    assert np["spec"]["ingress"][0]["from"] == [{"ipBlock": {"cidr": cidr}}]
+
+
+@pytest.mark.parametrize("overlay", ["test", "prod"])
+def test_planted_old_vpc_cidr(overlay):
+    """Finding 6: 10.0.0.0/16 while the VPCs are 10.20/16 (test) and 10.30/16 (prod)."""
+    docs = rendered(overlay)
+    one(docs, "NetworkPolicy", "allow-serve-from-alb")["spec"]["ingress"][0]["from"][0]["ipBlock"]["cidr"] = "10.0.0.0/16"
+    errs = kc.policy_errors(docs, overlay)
+    assert any("ipBlock ['10.0.0.0/16']" in e for e in errs), errs
+
+
+def test_gpu_pods_have_writable_cache_dirs(prod_docs):
+    [pod] = [p for p in kc.extract_pods(prod_docs) if p["metadata"]["name"] == "qa-gpu"]
+    container = pod["spec"]["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    for m in container["volumeMounts"]:
+        if m["mountPath"] in kc.GPU_WRITABLE_DIRS:
+            assert "emptyDir" in volumes[m["name"]]
+    assert set(kc.GPU_WRITABLE_DIRS) <= {m["mountPath"] for m in container["volumeMounts"]}
+
+
+def test_planted_gpu_pod_without_triton_cache(prod_docs):
+    spec = gpu_group(prod_docs)["template"]["spec"]
+    spec["containers"][0]["volumeMounts"] = [m for m in spec["containers"][0]["volumeMounts"]
+                                             if m["mountPath"] != "/home/ray/.triton"]
+    errs = kc.policy_errors(prod_docs, "prod")
+    assert any("/home/ray/.triton" in e for e in errs), errs
+
+
+def test_committed_overlays_have_no_placeholder_account_or_image_tag():
+    """Finding 6: the prod overlay pinned account 111122223333 and a tag the build never pushes."""
+    import re
+
+    for path in (REPO_ROOT / "kuberay").rglob("*.yaml"):
+        text = path.read_text()
+        assert not re.search(r"\b\d{12}\b", text), f"{path}: an AWS account id is committed"
+        assert "newTag" not in text, f"{path}: image tags are set by the applied overlay only"
+    for overlay in ("test", "prod"):
+        images = {c["image"] for p in kc.extract_pods(rendered(overlay)) for c in p["spec"]["containers"]}
+        assert images <= {"ray-cpu:2.60.0", "ray-gpu:2.60.0"}, images  # names release.py replaces
