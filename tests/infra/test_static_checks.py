@@ -24,7 +24,7 @@ def test_real_tree_is_consistent():
 
 
 ENVS = ("test", "prod")
-UNITS = ("network", "ecr", "eks", "aurora", "elasticache", "k8s-addons")
+UNITS = ("network", "ecr", "certificate", "eks", "aurora", "elasticache", "k8s-addons")
 
 
 def test_real_tree_units_are_thin_and_envcommon_is_not_a_unit():
@@ -120,7 +120,7 @@ def test_tg_check_envcommon_is_not_a_unit_and_must_be_used(tmp_path):
     (common / "unused.hcl").write_text((common / "ecr.hcl").read_text())
     checker = tg_check.Checker(infra / "live")
     errors = checker.run()
-    assert len(checker.units) == 12, sorted(checker.units)
+    assert len(checker.units) == 14, sorted(checker.units)
     assert any("_envcommon/unused.hcl" in e and "is not included by any unit" in e for e in errors), errors
 
 
@@ -160,10 +160,8 @@ dependency "k8s" {{
 
 @pytest.mark.parametrize("old,new,message", [
     pytest.param('  description = "EKS cluster name."\n', "", "variable 'cluster_name' has no description", id="no-description"),
-    pytest.param('    helm = {\n      source  = "hashicorp/helm"\n      version = "~> 2.17"\n    }\n', "",
-                 "provider 'helm' is used but not declared", id="undeclared-provider"),
-    pytest.param("clusterName  = var.cluster_name", "clusterName  = var.eks_cluster", "var.eks_cluster is referenced but not declared",
-                 id="undeclared-variable"),
+    pytest.param("cluster_name  = var.cluster_name", "cluster_name  = var.eks_cluster",
+                 "var.eks_cluster is referenced but not declared", id="undeclared-variable"),
 ])
 def test_module_check_catches_planted_mistake_in_k8s_addons(tmp_path, old, new, message):
     mod = copy_module("k8s-addons", tmp_path)
@@ -175,6 +173,12 @@ def test_module_check_catches_planted_mistake_in_k8s_addons(tmp_path, old, new, 
         pytest.fail(f"planting failed: {old!r}")
     errors = module_check.check_module(mod)
     assert any(message in e for e in errors), errors
+
+
+def test_module_check_catches_undeclared_provider(tmp_path):
+    mod = copy_module("eks", tmp_path)
+    replace_once(mod / "versions.tf", '    aws = {\n      source  = "hashicorp/aws"\n      version = ">= 5.100, < 6.0"\n    }\n', "")
+    assert any("provider 'aws' is used but not declared" in e for e in module_check.check_module(mod))
 
 
 def test_parse_check_catches_syntax_error(tmp_path):

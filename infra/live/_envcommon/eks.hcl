@@ -28,4 +28,6 @@ inputs = {
   public_access_cidrs = local.env.api_public_access_cidrs
   cpu_node_group      = local.env.cpu_node_group
   gpu_node_group      = local.env.gpu_node_group
+
+  cluster_admin_role_arns = local.env.cluster_admin_role_arns
 }

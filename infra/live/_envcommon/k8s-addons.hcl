@@ -15,7 +15,8 @@ dependency "network" {
   config_path = "${get_terragrunt_dir()}/../network"
 
   mock_outputs = {
-    vpc_id = "vpc-00000000000000000"
+    vpc_id   = "vpc-00000000000000000"
+    vpc_cidr = "10.0.0.0/16"
   }
   mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
 }
@@ -24,10 +25,8 @@ dependency "eks" {
   config_path = "${get_terragrunt_dir()}/../eks"
 
   mock_outputs = {
-    cluster_name                       = "mock-cluster"
-    cluster_endpoint                   = "https://mock.eks.amazonaws.com"
-    cluster_certificate_authority_data = "bW9jaw=="
-    lb_controller_role_arn             = "arn:aws:iam::000000000000:role/mock"
+    cluster_name           = "mock-cluster"
+    lb_controller_role_arn = "arn:aws:iam::000000000000:role/mock"
   }
   mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
 }
@@ -55,18 +54,51 @@ dependency "elasticache" {
   mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
 }
 
+dependency "ecr" {
+  config_path = "${get_terragrunt_dir()}/../ecr"
+
+  mock_outputs = {
+    repository_urls = {
+      ray-cpu = "000000000000.dkr.ecr.us-east-1.amazonaws.com/mock/ray-cpu"
+      ray-gpu = "000000000000.dkr.ecr.us-east-1.amazonaws.com/mock/ray-gpu"
+    }
+  }
+  mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
+}
+
+dependency "certificate" {
+  config_path = "${get_terragrunt_dir()}/../certificate"
+
+  mock_outputs = {
+    certificate_arn = "arn:aws:acm:us-east-1:000000000000:certificate/00000000-0000-0000-0000-000000000000"
+    domain_name     = "qa.mock.example.com"
+    route53_zone_id = "Z00000000000000000000"
+  }
+  mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
+}
+
 inputs = {
-  region                             = local.env.region
-  vpc_id                             = dependency.network.outputs.vpc_id
-  cluster_name                       = dependency.eks.outputs.cluster_name
-  cluster_endpoint                   = dependency.eks.outputs.cluster_endpoint
-  cluster_certificate_authority_data = dependency.eks.outputs.cluster_certificate_authority_data
-  lb_controller_role_arn             = dependency.eks.outputs.lb_controller_role_arn
-  aurora_endpoint                    = dependency.aurora.outputs.cluster_endpoint
-  aurora_port                        = dependency.aurora.outputs.port
-  aurora_database_name               = dependency.aurora.outputs.database_name
-  aurora_master_user_secret_arn      = dependency.aurora.outputs.master_user_secret_arn
-  redis_endpoint                     = dependency.elasticache.outputs.primary_endpoint
-  redis_port                         = dependency.elasticache.outputs.port
-  redis_auth_token_secret_arn        = dependency.elasticache.outputs.auth_token_secret_arn
+  region                        = local.env.region
+  vpc_id                        = dependency.network.outputs.vpc_id
+  cluster_name                  = dependency.eks.outputs.cluster_name
+  lb_controller_role_arn        = dependency.eks.outputs.lb_controller_role_arn
+  aurora_endpoint               = dependency.aurora.outputs.cluster_endpoint
+  aurora_port                   = dependency.aurora.outputs.port
+  aurora_database_name          = dependency.aurora.outputs.database_name
+  aurora_master_user_secret_arn = dependency.aurora.outputs.master_user_secret_arn
+  redis_endpoint                = dependency.elasticache.outputs.primary_endpoint
+  redis_port                    = dependency.elasticache.outputs.port
+  redis_auth_token_secret_arn   = dependency.elasticache.outputs.auth_token_secret_arn
+
+  # For kuberay/scripts/release.py (terragrunt output -json deploy_values).
+  deploy_values = {
+    environment     = local.env.environment
+    region          = local.env.region
+    cluster_name    = dependency.eks.outputs.cluster_name
+    vpc_cidr        = dependency.network.outputs.vpc_cidr
+    repository_urls = dependency.ecr.outputs.repository_urls
+    certificate_arn = dependency.certificate.outputs.certificate_arn
+    domain_name     = dependency.certificate.outputs.domain_name
+    route53_zone_id = dependency.certificate.outputs.route53_zone_id
+  }
 }

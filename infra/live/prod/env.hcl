@@ -14,6 +14,15 @@ locals {
   # Operators' egress ranges; replace before the first apply.
   api_public_access_cidrs = ["203.0.113.0/24"]
 
+  # Set by the operator's environment at plan/apply time (docs/deploy-eks.md); the
+  # defaults only serve offline plans. QA_DOMAIN must lie in the Route53 zone
+  # QA_ROUTE53_ZONE_ID; QA_CERTIFICATE_ARN (optional) reuses an issued certificate.
+  domain_name              = get_env("QA_DOMAIN", "qa.example.com")
+  route53_zone_id          = get_env("QA_ROUTE53_ZONE_ID", "Z00000000000000000000")
+  existing_certificate_arn = get_env("QA_CERTIFICATE_ARN", "")
+  # Team/CI roles with cluster-admin access entries (comma-separated ARNs).
+  cluster_admin_role_arns = compact(split(",", get_env("QA_ADMIN_ROLE_ARNS", "")))
+
   cpu_node_group = { instance_types = ["m6i.2xlarge"], min_size = 3, max_size = 6, desired_size = 3 }
   gpu_node_group = { instance_types = ["g5.xlarge"], min_size = 0, max_size = 4, desired_size = 2 }
 

@@ -7,17 +7,27 @@ locals {
   partition  = data.aws_partition.current.partition
   region     = data.aws_region.current.name
 
+  # Node labels. GPU nodes: `workload-type` is what the GPU worker group selects;
+  # `nvidia.com/gpu.present` is what the NVIDIA device plugin chart v0.20.0 selects by
+  # default (its values.yaml affinity, one of three alternatives: NFD's pci-10de /
+  # cpu-model.vendor_id labels or this one; no NFD runs here). Without it the
+  # plugin's DaemonSet runs on zero nodes and no nvidia.com/gpu is ever advertised.
+  # tests/infra/test_k8s_addons.py evaluates the chart's affinity against these.
+  cpu_node_labels = { "workload-type" = "cpu" }
+  gpu_node_labels = { "workload-type" = "gpu-inference", "nvidia.com/gpu.present" = "true" }
+  # Only pods that request GPUs (and tolerate this) land on the expensive nodes.
+  gpu_node_taints = [{ key = "nvidia.com/gpu", value = "true", effect = "NO_SCHEDULE" }]
+
   node_groups = {
     cpu = merge(var.cpu_node_group, {
       ami_type = "AL2023_x86_64_STANDARD"
-      labels   = { "workload-type" = "cpu" }
+      labels   = local.cpu_node_labels
       taints   = []
     })
     gpu = merge(var.gpu_node_group, {
       ami_type = "AL2023_x86_64_NVIDIA"
-      labels   = { "workload-type" = "gpu-inference" }
-      # Only pods that request GPUs (and tolerate this) land on the expensive nodes.
-      taints = [{ key = "nvidia.com/gpu", value = "true", effect = "NO_SCHEDULE" }]
+      labels   = local.gpu_node_labels
+      taints   = local.gpu_node_taints
     })
   }
 }
@@ -136,7 +146,13 @@ resource "aws_eks_addon" "this" {
 
   cluster_name                = aws_eks_cluster.this.name
   addon_name                  = each.key
+  addon_version               = each.key == "vpc-cni" ? var.vpc_cni_addon_version : null
   resolve_conflicts_on_update = "OVERWRITE"
+  # NetworkPolicy enforcement (kuberay/ default-denies ingress and admits the ALB
+  # and the KubeRay operator): the VPC CNI's network policy agent is off unless
+  # `enableNetworkPolicy` is "true" (a string: charts/aws-vpc-cni/values.yaml of
+  # amazon-vpc-cni-k8s v1.21.1, the add-on's configuration schema mirrors it).
+  configuration_values = each.key == "vpc-cni" ? jsonencode({ enableNetworkPolicy = "true" }) : null
 
   # coredns stays degraded until there are nodes to run on.
   depends_on = [aws_eks_node_group.this]
@@ -238,4 +254,26 @@ resource "aws_eks_node_group" "this" {
   }
 
   depends_on = [aws_iam_role_policy_attachment.node]
+}
+
+# --- Cluster access for people and CI (the creator's bootstrap admin is not enough) -----
+
+resource "aws_eks_access_entry" "admin" {
+  for_each = toset(var.cluster_admin_role_arns)
+
+  cluster_name  = aws_eks_cluster.this.name
+  principal_arn = each.value
+  type          = "STANDARD"
+}
+
+resource "aws_eks_access_policy_association" "admin" {
+  for_each = aws_eks_access_entry.admin
+
+  cluster_name  = aws_eks_cluster.this.name
+  principal_arn = each.value.principal_arn
+  policy_arn    = "arn:${local.partition}:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+
+  access_scope {
+    type = "cluster"
+  }
 }

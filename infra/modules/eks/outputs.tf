@@ -47,3 +47,8 @@ output "kms_key_arn" {
   description = "KMS key encrypting Kubernetes secrets and control-plane logs."
   value       = aws_kms_key.this.arn
 }
+
+output "gpu_node_labels" {
+  description = "Labels of the GPU nodes (the GPU worker group's nodeSelector, the device plugin's affinity)."
+  value       = local.gpu_node_labels
+}

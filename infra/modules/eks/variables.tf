@@ -62,3 +62,20 @@ variable "log_retention_days" {
   type        = number
   default     = 365
 }
+
+variable "vpc_cni_addon_version" {
+  description = "Pinned vpc-cni EKS add-on version (its enableNetworkPolicy setting is checked against that upstream release)."
+  type        = string
+  default     = "v1.21.1-eksbuild.1"
+}
+
+variable "cluster_admin_role_arns" {
+  description = "IAM roles (a team's, CI's) given cluster-admin access entries; the cluster creator's bootstrap access alone locks everyone else out."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for a in var.cluster_admin_role_arns : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$", a))])
+    error_message = "cluster_admin_role_arns must be IAM role ARNs."
+  }
+}

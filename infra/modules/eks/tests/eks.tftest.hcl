@@ -136,3 +136,45 @@ run "public_endpoint_must_be_allow_listed" {
 
   expect_failures = [var.public_access_cidrs]
 }
+
+run "network_policy_enforcement_and_gpu_labels" {
+  command = plan
+
+  assert {
+    condition     = try(jsondecode(aws_eks_addon.this["vpc-cni"].configuration_values).enableNetworkPolicy, "") == "true"
+    error_message = "The vpc-cni add-on must enable NetworkPolicy enforcement (enableNetworkPolicy = \"true\")."
+  }
+
+  assert {
+    condition     = aws_eks_addon.this["vpc-cni"].addon_version == var.vpc_cni_addon_version
+    error_message = "The vpc-cni add-on version must be pinned."
+  }
+
+  assert {
+    condition     = lookup(aws_eks_node_group.this["gpu"].labels, "nvidia.com/gpu.present", "") == "true"
+    error_message = "GPU nodes must carry nvidia.com/gpu.present=true (the NVIDIA device plugin's default affinity)."
+  }
+}
+
+run "team_and_ci_access_entries" {
+  command = plan
+
+  variables {
+    cluster_admin_role_arns = ["arn:aws:iam::123456789012:role/qa-team", "arn:aws:iam::123456789012:role/qa-ci"]
+  }
+
+  assert {
+    condition     = length(aws_eks_access_entry.admin) == 2 && alltrue([for a in aws_eks_access_policy_association.admin : endswith(a.policy_arn, "cluster-access-policy/AmazonEKSClusterAdminPolicy")])
+    error_message = "Each team/CI role needs an access entry with the cluster admin policy."
+  }
+}
+
+run "access_entries_need_role_arns" {
+  command = plan
+
+  variables {
+    cluster_admin_role_arns = ["qa-team"]
+  }
+
+  expect_failures = [var.cluster_admin_role_arns]
+}
