@@ -1,113 +1,133 @@
-# --- Gateway API CRDs -----------------------------------------------------------
-# Upstream ships them as a plain manifest (no chart). Server-side apply keeps the
-# step idempotent; it needs the aws CLI and kubectl on the machine running apply.
-resource "terraform_data" "gateway_api_crds" {
-  triggers_replace = [var.gateway_api_version, var.cluster_name]
-
-  provisioner "local-exec" {
-    interpreter = ["/bin/bash", "-euo", "pipefail", "-c"]
-    command     = <<-EOT
-      kubeconfig="$(mktemp)"
-      trap 'rm -f "$kubeconfig"' EXIT
-      aws eks update-kubeconfig --name "${var.cluster_name}" --region "${var.region}" --kubeconfig "$kubeconfig" >/dev/null
-      kubectl --kubeconfig "$kubeconfig" apply --server-side -f \
-        "https://github.com/kubernetes-sigs/gateway-api/releases/download/${var.gateway_api_version}/standard-install.yaml"
-    EOT
-  }
-}
-
-# --- AWS Load Balancer Controller (ALB for the Gateway API HTTPRoute) ---------------
-resource "helm_release" "aws_load_balancer_controller" {
-  name       = "aws-load-balancer-controller"
-  namespace  = "kube-system"
-  repository = "https://aws.github.io/eks-charts"
-  chart      = "aws-load-balancer-controller"
-  version    = var.lb_controller_chart_version
-  wait       = true
-
-  values = [yamlencode({
-    clusterName  = var.cluster_name
-    region       = var.region
-    vpcId        = var.vpc_id
-    replicaCount = 2
-    serviceAccount = {
-      create      = true
-      name        = "aws-load-balancer-controller"
-      annotations = { "eks.amazonaws.com/role-arn" = var.lb_controller_role_arn }
-    }
-    # The IRSA policy grants no WAF/Shield permissions.
-    enableShield = false
-    enableWaf    = false
-    enableWafv2  = false
-    controllerConfig = {
-      featureGates = { ALBGatewayAPI = true }
-    }
-  })]
-
-  depends_on = [terraform_data.gateway_api_crds]
-}
-
-# --- KubeRay operator -------------------------------------------------------------------
-resource "helm_release" "kuberay_operator" {
-  name             = "kuberay-operator"
-  namespace        = "kuberay-system"
-  create_namespace = true
-  repository       = "https://ray-project.github.io/kuberay-helm/"
-  chart            = "kuberay-operator"
-  version          = var.kuberay_operator_chart_version
-  wait             = true
-}
-
-# --- NVIDIA device plugin (advertises nvidia.com/gpu on GPU nodes) ---------------------
-resource "helm_release" "nvidia_device_plugin" {
-  name             = "nvidia-device-plugin"
-  namespace        = "nvidia-device-plugin"
-  create_namespace = true
-  repository       = "https://nvidia.github.io/k8s-device-plugin"
-  chart            = "nvidia-device-plugin"
-  version          = var.nvidia_device_plugin_chart_version
-
-  values = [yamlencode({
-    nodeSelector = { "workload-type" = "gpu-inference" }
-    tolerations  = [{ key = "nvidia.com/gpu", operator = "Exists", effect = "NoSchedule" }]
-  })]
-}
-
-# --- app-credentials: connection strings for the Ray pods (envFrom) --------------------
-data "aws_secretsmanager_secret_version" "aurora_master" {
-  secret_id = var.aurora_master_user_secret_arn
-}
-
-data "aws_secretsmanager_secret_version" "redis_auth" {
-  secret_id = var.redis_auth_token_secret_arn
-}
+# Everything the cluster needs before kuberay/ is applied, in this order:
+#   1. CRDs: Gateway API standard channel, then the controller's gateway.k8s.aws kinds
+#   2. AWS Load Balancer Controller (chart 3.x: ALB Gateway API support is GA from v3.0)
+#   3. GatewayClass aws-alb (controllerName gateway.k8s.aws/alb)
+#   4. KubeRay operator, NVIDIA device plugin
+#   5. namespace + Secret app-credentials (read from Secrets Manager at apply time)
+# Each step is a terraform_data whose provisioner runs addons.sh; a change of its input
+# (versions, values, manifests, endpoints) re-runs it. On destroy, pre_destroy runs first
+# (it depends on every step): it deletes the RayServices and Gateways while the
+# controllers still run and waits until the ALB is gone.
 
 locals {
-  aurora_creds = jsondecode(data.aws_secretsmanager_secret_version.aurora_master.secret_string)
-  redis_token  = data.aws_secretsmanager_secret_version.redis_auth.secret_string
-  redis_host   = "${var.redis_endpoint}:${var.redis_port}"
-}
+  script  = "${path.module}/addons.sh"
+  cluster = { CLUSTER_NAME = var.cluster_name, REGION = var.region }
 
-resource "kubernetes_namespace_v1" "app" {
-  metadata {
-    name = var.app_namespace
+  crd_urls = [
+    "https://github.com/kubernetes-sigs/gateway-api/releases/download/${var.gateway_api_version}/standard-install.yaml",
+    # Chart 3.x ships them in crds/, which helm installs on first install only, never on upgrade.
+    "https://raw.githubusercontent.com/kubernetes-sigs/aws-load-balancer-controller/v${var.lb_controller_version}/config/crd/gateway/gateway-crds.yaml",
+  ]
+
+  releases = {
+    aws-load-balancer-controller = {
+      chart     = "aws-load-balancer-controller"
+      repo      = "https://aws.github.io/eks-charts"
+      version   = var.lb_controller_version
+      namespace = "kube-system"
+      values = templatefile("${path.module}/values/aws-load-balancer-controller.yaml.tftpl", {
+        chart_version = var.lb_controller_version
+        cluster_name  = var.cluster_name
+        region        = var.region
+        vpc_id        = var.vpc_id
+        role_arn      = var.lb_controller_role_arn
+      })
+    }
+    kuberay-operator = {
+      chart     = "kuberay-operator"
+      repo      = "https://ray-project.github.io/kuberay-helm/"
+      version   = var.kuberay_operator_chart_version
+      namespace = "kuberay-system"
+      values    = ""
+    }
+    nvidia-device-plugin = {
+      chart     = "nvidia-device-plugin"
+      repo      = "https://nvidia.github.io/k8s-device-plugin"
+      version   = var.nvidia_device_plugin_chart_version
+      namespace = "nvidia-device-plugin"
+      values    = file("${path.module}/values/nvidia-device-plugin.yaml")
+    }
   }
 }
 
-resource "kubernetes_secret_v1" "app_credentials" {
-  metadata {
-    name      = "app-credentials"
-    namespace = kubernetes_namespace_v1.app.metadata[0].name
+resource "terraform_data" "crds" {
+  input = { crd_urls = local.crd_urls }
+
+  provisioner "local-exec" {
+    command     = "${local.script} crds"
+    environment = merge(local.cluster, { CRD_URLS = join(" ", local.crd_urls) })
+  }
+}
+
+resource "terraform_data" "release" {
+  for_each = local.releases
+
+  input = each.value
+
+  provisioner "local-exec" {
+    command = "${local.script} helm"
+    environment = merge(local.cluster, {
+      RELEASE   = each.key
+      CHART     = each.value.chart
+      REPO      = each.value.repo
+      VERSION   = each.value.version
+      NAMESPACE = each.value.namespace
+      VALUES    = each.value.values
+    })
   }
 
-  # rediss:// and sslmode=require: both servers refuse plaintext connections.
-  data = {
-    DATABASE_URL = "postgresql://${urlencode(local.aurora_creds.username)}:${urlencode(local.aurora_creds.password)}@${var.aurora_endpoint}:${var.aurora_port}/${var.aurora_database_name}?sslmode=require"
-    REDIS_URL    = "rediss://:${urlencode(local.redis_token)}@${local.redis_host}/${var.redis_app_db}"
-    # No "/<db>" suffix: Ray 2.60 cannot select a logical db (its address
-    # parser takes "6379/1" as the port). KubeRay namespaces GCS keys by the
-    # RayCluster's UID instead, so they never meet the app's cache keys.
-    RAY_REDIS_ADDRESS  = "rediss://${local.redis_host}"
-    RAY_REDIS_PASSWORD = local.redis_token
+  # The LB controller detects the Gateway kinds once, at start-up.
+  depends_on = [terraform_data.crds]
+}
+
+resource "terraform_data" "gatewayclass" {
+  input = { manifest = file("${path.module}/manifests/gatewayclass.yaml") }
+
+  provisioner "local-exec" {
+    command     = "${local.script} manifest"
+    environment = merge(local.cluster, { MANIFEST = self.input.manifest })
   }
+
+  depends_on = [terraform_data.release]
+}
+
+resource "terraform_data" "app_credentials" {
+  # Identifiers only: the values are read by addons.sh at apply time, so a plan with
+  # mock dependency outputs never calls Secrets Manager, and no secret is in the state.
+  input = {
+    namespace         = var.app_namespace
+    aurora_secret_arn = var.aurora_master_user_secret_arn
+    aurora_endpoint   = "${var.aurora_endpoint}:${var.aurora_port}/${var.aurora_database_name}"
+    redis_secret_arn  = var.redis_auth_token_secret_arn
+    redis_endpoint    = "${var.redis_endpoint}:${var.redis_port}/${var.redis_app_db}"
+  }
+
+  provisioner "local-exec" {
+    command = "${local.script} app-secret"
+    environment = merge(local.cluster, {
+      APP_NAMESPACE     = var.app_namespace
+      AURORA_SECRET_ARN = var.aurora_master_user_secret_arn
+      AURORA_ENDPOINT   = var.aurora_endpoint
+      AURORA_PORT       = tostring(var.aurora_port)
+      AURORA_DATABASE   = var.aurora_database_name
+      REDIS_SECRET_ARN  = var.redis_auth_token_secret_arn
+      REDIS_ENDPOINT    = var.redis_endpoint
+      REDIS_PORT        = tostring(var.redis_port)
+      REDIS_APP_DB      = tostring(var.redis_app_db)
+    })
+  }
+}
+
+# Destroyed first (it depends on everything above): removes what the controllers built
+# in AWS (the ALB, its target groups and security groups) while they still run.
+resource "terraform_data" "pre_destroy" {
+  input = local.cluster
+
+  provisioner "local-exec" {
+    when        = destroy
+    command     = "${path.module}/addons.sh pre-destroy"
+    environment = self.input
+  }
+
+  depends_on = [terraform_data.release, terraform_data.gatewayclass, terraform_data.app_credentials]
 }

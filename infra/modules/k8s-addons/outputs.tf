@@ -1,14 +1,19 @@
 output "app_credentials_secret" {
   description = "namespace/name of the Kubernetes Secret consumed by the Ray pods via envFrom."
-  value       = "${kubernetes_secret_v1.app_credentials.metadata[0].namespace}/${kubernetes_secret_v1.app_credentials.metadata[0].name}"
+  value       = "${var.app_namespace}/app-credentials"
 }
 
 output "kuberay_operator_version" {
   description = "Deployed KubeRay operator chart version."
-  value       = helm_release.kuberay_operator.version
+  value       = terraform_data.release["kuberay-operator"].output.version
 }
 
 output "lb_controller_version" {
   description = "Deployed AWS Load Balancer Controller chart version."
-  value       = helm_release.aws_load_balancer_controller.version
+  value       = terraform_data.release["aws-load-balancer-controller"].output.version
+}
+
+output "deploy_values" {
+  description = "Input of kuberay/scripts/release.py: ECR repositories, certificate, hostname, VPC CIDR, cluster."
+  value       = var.deploy_values
 }

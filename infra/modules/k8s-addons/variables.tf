@@ -8,16 +8,6 @@ variable "cluster_name" {
   type        = string
 }
 
-variable "cluster_endpoint" {
-  description = "Kubernetes API endpoint."
-  type        = string
-}
-
-variable "cluster_certificate_authority_data" {
-  description = "Base64 CA bundle of the API server."
-  type        = string
-}
-
 variable "vpc_id" {
   description = "VPC of the cluster (given to the LB controller: pods cannot reach IMDS)."
   type        = string
@@ -28,16 +18,26 @@ variable "lb_controller_role_arn" {
   type        = string
 }
 
-variable "lb_controller_chart_version" {
-  description = "aws-load-balancer-controller Helm chart version (Gateway API support needs >= 1.13)."
+variable "lb_controller_version" {
+  description = "AWS Load Balancer Controller version: the chart version and the controller's tag (chart 3.5.0 is appVersion v3.5.0; ALB HTTPRoute support is GA from v3.0)."
   type        = string
-  default     = "1.13.0"
+  default     = "3.5.0"
+
+  validation {
+    condition     = can(regex("^3\\.[0-9]+\\.[0-9]+$", var.lb_controller_version))
+    error_message = "Use a 3.x controller: chart 1.13.x is controller v2.13, which has no ALB Gateway API support."
+  }
 }
 
 variable "gateway_api_version" {
-  description = "Gateway API release whose standard-channel CRDs are installed."
+  description = "Gateway API release whose standard-channel CRDs are installed (the controller v3.5 is built for v1.6)."
   type        = string
-  default     = "v1.3.0"
+  default     = "v1.6.1"
+
+  validation {
+    condition     = can(regex("^v1\\.([5-9]|[1-9][0-9])\\.[0-9]+$", var.gateway_api_version))
+    error_message = "Gateway API must be >= v1.5 for the 3.x controller."
+  }
 }
 
 variable "kuberay_operator_chart_version" {
@@ -47,9 +47,9 @@ variable "kuberay_operator_chart_version" {
 }
 
 variable "nvidia_device_plugin_chart_version" {
-  description = "NVIDIA device plugin Helm chart version."
+  description = "NVIDIA device plugin Helm chart version (values/nvidia-device-plugin.yaml is checked against its values.yaml)."
   type        = string
-  default     = "0.17.1"
+  default     = "0.20.0"
 }
 
 variable "app_namespace" {
@@ -99,3 +99,17 @@ variable "redis_app_db" {
   default     = 0
 }
 
+
+variable "deploy_values" {
+  description = "What the applied kuberay overlay needs from infra (ECR repositories, certificate, hostname, VPC CIDR), handed out unchanged as the deploy_values output for kuberay/scripts/release.py."
+  type = object({
+    environment     = string
+    region          = string
+    cluster_name    = string
+    vpc_cidr        = string
+    repository_urls = map(string)
+    certificate_arn = string
+    domain_name     = string
+    route53_zone_id = string
+  })
+}
