@@ -52,6 +52,7 @@ RAYSERVICE = "qa"
 SERVE_SVC = f"{RAYSERVICE}-serve-svc"
 FORBIDDEN_PORTS = {8265: "dashboard", 10001: "Ray client", 6379: "GCS", 52365: "dashboard agent"}
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+ALB_CONTROLLER = "gateway.k8s.aws/alb"  # the LB controller's ALB gateway controller name (v3.5.0)
 # Where vLLM on CUDA writes under a read-only root filesystem: each needs a writable
 # mount in the GPU pods (Triton kernels, torch/vLLM/HF caches, the CUDA JIT cache).
 GPU_WRITABLE_DIRS = ("/tmp", "/home/ray/.cache", "/home/ray/.triton", "/home/ray/.nv", "/home/ray/.config")
@@ -73,7 +74,10 @@ VARIANTS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "prod": ("overlays/prod", ()),
     "prod+monitoring": ("overlays/prod", ("components/monitoring",)),
     "karpenter-gpu": (None, ("components/karpenter-gpu",)),
+    # Applied by infra/ (k8s-addons' addons.sh), validated here against the same CRDs.
+    "infra-manifests": (None, ()),
 }
+INFRA_MANIFESTS = REPO_ROOT / "infra" / "modules" / "k8s-addons" / "manifests"
 
 
 def crds_dir() -> Path:
@@ -97,6 +101,8 @@ def kustomize_build(path: Path) -> list[dict[str, Any]]:
 
 
 def render(variant: str) -> list[dict[str, Any]]:
+    if variant == "infra-manifests":
+        return [d for f in sorted(INFRA_MANIFESTS.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
     base, components = VARIANTS[variant]
     if base and not components:
         return kustomize_build(KUBERAY / base)
@@ -425,18 +431,52 @@ def network_policy_errors(docs: list[dict[str, Any]], overlay: str | None) -> li
     return []
 
 
+def applied_errors(docs: list[dict[str, Any]], env: str, values: dict[str, Any], tag: str) -> list[str]:
+    """The overlay release.py writes (kuberay/deploy/<env>) carries exactly what infra
+    hands out (the k8s-addons unit's deploy_values) and the pushed images: no
+    placeholder, no image that the build did not push."""
+    errs = policy_errors(docs, env)
+    urls = values["repository_urls"]
+    for pod in extract_pods(docs):
+        for c in _containers(pod["spec"]):
+            name = c["image"].rsplit(":", 1)[0].rsplit("/", 1)[-1]
+            if c["image"] != f"{urls.get(name)}:{tag}":
+                errs.append(f"{kind_id(pod)} container {c.get('name')}: image {c['image']} is not "
+                            f"{urls.get(name)}:{tag} (the repository from the ecr unit, the pushed tag)")
+    lbc = find(docs, "LoadBalancerConfiguration", "qa-alb")
+    https = [lc for lc in (lbc[0]["spec"].get("listenerConfigurations") or []) if lc.get("protocolPort") == "HTTPS:443"] \
+        if lbc else []
+    if not https or https[0].get("defaultCertificate") != values["certificate_arn"]:
+        errs.append(f"LoadBalancerConfiguration qa-alb: HTTPS:443 defaultCertificate is not {values['certificate_arn']}")
+    gw = find(docs, "Gateway", "qa")
+    hosts = [ls.get("hostname") for ls in (gw[0]["spec"]["listeners"] if gw else []) if ls.get("protocol") == "HTTPS"]
+    if hosts != [values["domain_name"]]:
+        errs.append(f"Gateway qa: HTTPS listener hostname {hosts} != [{values['domain_name']!r}]")
+    nps = find(docs, "NetworkPolicy", "allow-serve-from-alb")
+    cidrs = [p["ipBlock"]["cidr"] for r in (nps[0]["spec"].get("ingress") or []) for p in r.get("from", [])
+             if "ipBlock" in p] if nps else []
+    if cidrs != [values["vpc_cidr"]]:
+        errs.append(f"NetworkPolicy allow-serve-from-alb: {cidrs} != [{values['vpc_cidr']!r}] (the network unit's vpc_cidr)")
+    return errs
+
+
 def gateway_errors(docs: list[dict[str, Any]]) -> list[str]:
     errs: list[str] = []
     gateways = find(docs, "Gateway")
     if len(gateways) != 1:
         return [f"expected one Gateway, found {len(gateways)}"]
     gw = gateways[0]
+    classes = {d["metadata"]["name"]: d["spec"].get("controllerName") for d in render("infra-manifests")
+               if d.get("kind") == "GatewayClass"}
+    if classes.get(gw["spec"].get("gatewayClassName")) != ALB_CONTROLLER:
+        errs.append(f"{kind_id(gw)}: GatewayClass {gw['spec'].get('gatewayClassName')!r} with controllerName "
+                    f"{ALB_CONTROLLER} is created by nothing we apply ({INFRA_MANIFESTS}: {classes})")
     ref = ((gw["spec"].get("infrastructure") or {}).get("parametersRef")) or {}
     if (ref.get("group"), ref.get("kind")) != ("gateway.k8s.aws", "LoadBalancerConfiguration"):
-        return [f"{kind_id(gw)}: infrastructure.parametersRef must name a LoadBalancerConfiguration"]
+        return [*errs, f"{kind_id(gw)}: infrastructure.parametersRef must name a LoadBalancerConfiguration"]
     lbcs = find(docs, "LoadBalancerConfiguration", ref.get("name"))
     if not lbcs:
-        return [f"{kind_id(gw)}: LoadBalancerConfiguration {ref.get('name')} not rendered"]
+        return [*errs, f"{kind_id(gw)}: LoadBalancerConfiguration {ref.get('name')} not rendered"]
     lspec = lbcs[0]["spec"]
     https = [lc for lc in lspec.get("listenerConfigurations", []) if lc.get("protocolPort") == "HTTPS:443"]
     if not https or https[0].get("sslPolicy") != TLS_POLICY:
