@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .PHONY: setup system-deps run stop model monitoring lint test test-unit test-integration test-llm test-infra \
-	test-kuberay load-setup test-loadtests test-faults bench bench-quick
+	test-kuberay dry-run load-setup test-loadtests test-faults bench bench-quick
 
 setup:
 	@bash .ci/setup.sh
@@ -63,6 +63,11 @@ test-faults: model system-deps
 test-infra:
 	bash infra/scripts/check.sh
 
+# docs/deploy-eks.md offline: every Terragrunt unit planned with mock dependency outputs,
+# release.py --dry-run, the applied overlay validated, the image file sets served.
+dry-run: setup
+	bash infra/scripts/dry_run.sh
+
 test-kuberay:
 	bash kuberay/scripts/check.sh
 
@@ -74,3 +79,5 @@ test: lint model system-deps load-setup
 	$(PY) -m pytest tests/faults -q
 	bash infra/scripts/check.sh
 	bash kuberay/scripts/check.sh
+	# the image file-set test already ran in the integration tier above
+	DRY_RUN_SKIP_IMAGE_TEST=1 bash infra/scripts/dry_run.sh

@@ -648,5 +648,30 @@ def main() -> int:
     return 0
 
 
+def main_applied(argv: list[str]) -> int:
+    """`kuberay_checks.py applied --env E --dir D --values V --tag T`: render the overlay
+    release.py wrote and check it as the API server and the policy would (dry run)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="kuberay_checks.py applied")
+    ap.add_argument("--env", required=True)
+    ap.add_argument("--dir", type=Path, required=True)
+    ap.add_argument("--values", type=Path, required=True)
+    ap.add_argument("--tag", required=True)
+    ns = ap.parse_args(argv)
+    values = json.loads(ns.values.read_text())
+    docs = kustomize_build(ns.dir)
+    notes: list[str] = []
+    errs = validate_docs(docs + extract_pods(docs), notes) + applied_errors(docs, ns.env, values, ns.tag)
+    kinds = sorted({d["kind"] for d in docs})
+    print(f"[applied {ns.env}] {ns.dir}: {len(docs)} objects ({', '.join(kinds)}): "
+          f"{'OK' if not errs else f'{len(errs)} error(s)'}")
+    for e in errs:
+        print(f"  - {e}", file=sys.stderr)
+    return 1 if errs else 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["applied"]:
+        raise SystemExit(main_applied(sys.argv[2:]))
     raise SystemExit(main())

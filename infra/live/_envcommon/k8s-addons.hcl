@@ -11,12 +11,14 @@ terraform {
   source = "${dirname(find_in_parent_folders("root.hcl"))}/../modules//k8s-addons"
 }
 
+# Mocks that mirror the environment (its CIDR, names, hostname), so a plan on an empty
+# account and the dry run (infra/scripts/dry_run.sh) see what the real outputs will be.
 dependency "network" {
   config_path = "${get_terragrunt_dir()}/../network"
 
   mock_outputs = {
     vpc_id   = "vpc-00000000000000000"
-    vpc_cidr = "10.0.0.0/16"
+    vpc_cidr = local.env.vpc_cidr
   }
   mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
 }
@@ -25,7 +27,7 @@ dependency "eks" {
   config_path = "${get_terragrunt_dir()}/../eks"
 
   mock_outputs = {
-    cluster_name           = "mock-cluster"
+    cluster_name           = local.env.name
     lb_controller_role_arn = "arn:aws:iam::000000000000:role/mock"
   }
   mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
@@ -59,8 +61,8 @@ dependency "ecr" {
 
   mock_outputs = {
     repository_urls = {
-      ray-cpu = "000000000000.dkr.ecr.us-east-1.amazonaws.com/mock/ray-cpu"
-      ray-gpu = "000000000000.dkr.ecr.us-east-1.amazonaws.com/mock/ray-gpu"
+      ray-cpu = "000000000000.dkr.ecr.${local.env.region}.amazonaws.com/${local.env.name}/ray-cpu"
+      ray-gpu = "000000000000.dkr.ecr.${local.env.region}.amazonaws.com/${local.env.name}/ray-gpu"
     }
   }
   mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
@@ -71,8 +73,8 @@ dependency "certificate" {
 
   mock_outputs = {
     certificate_arn = "arn:aws:acm:us-east-1:000000000000:certificate/00000000-0000-0000-0000-000000000000"
-    domain_name     = "qa.mock.example.com"
-    route53_zone_id = "Z00000000000000000000"
+    domain_name     = local.env.domain_name
+    route53_zone_id = local.env.route53_zone_id
   }
   mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
 }
