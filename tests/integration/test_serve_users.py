@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -34,6 +35,21 @@ def test_root_and_health_over_serve(users_app) -> None:
     assert httpx.get(users_app.url + "/healthz").json() == {"status": "ok"}
     r = httpx.get(users_app.url + "/readyz")
     assert r.status_code == 200 and r.json()["checks"]["postgres"] == "ok"
+
+
+def test_alb_health_check_path_behind_haproxy(users_app) -> None:
+    """`/-/healthz` is what the ALB's target group (kuberay/base/gateway.yaml,
+    TargetGroupConfiguration healthCheckPath) and KubeRay's worker probes ask for; in the
+    run command's throughput-optimized mode it is answered through the HAProxy on the
+    HTTP port, the same as on the pods."""
+    env = users_app.env
+    assert env.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1" and env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+    gateway = (Path(__file__).resolve().parents[2] / "kuberay" / "base" / "gateway.yaml").read_text()
+    assert "healthCheckPath: /-/healthz" in gateway
+    r = httpx.get(users_app.url + "/-/healthz", timeout=5)
+    assert r.status_code == 200, (r.status_code, r.text)
+    # The app's own liveness route answers beside it: the proxy routes the rest to the app.
+    assert httpx.get(users_app.url + "/healthz", timeout=5).json() == {"status": "ok"}
 
 
 def test_users_round_trip_and_errors_over_serve(users_app) -> None:
