@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -43,6 +44,14 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.PostgresConnectionError,
+    # A rejected password: during a rotation, until the new one reaches the password
+    # file. A fast 503 with Retry-After, never a 500.
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,
+    # A pooled connection whose backend was terminated (pg_terminate_backend, a
+    # failover) can fail its next query with "cannot switch to state ...; another
+    # operation is in progress" instead of a connection error: seen under load in
+    # tests/integration/test_credential_rotation.py. The pool discards it.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -126,11 +135,25 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute("SET statement_timeout = 5000")
 
 
+def password_argument(settings: Settings) -> Callable[[], str] | None:
+    """The password of each new connection, read when it is opened (see
+    Settings.database_password_file); None: the DSN's."""
+    path = settings.database_password_file
+    if path is None:
+        return None
+
+    def current_password() -> str:
+        return path.read_text(encoding="utf-8").strip()
+
+    return current_password
+
+
 async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
     """A pool that does not connect eagerly, so the service starts while the
     database is down and recovers by itself when it returns."""
     return await asyncpg.create_pool(
         dsn,
+        password=password_argument(settings),
         min_size=0,
         max_size=settings.db_pool_max_size,
         timeout=settings.db_connect_timeout_s,
@@ -146,6 +169,7 @@ async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
 async def connect(settings: Settings, dsn: str) -> asyncpg.Connection:
     return await asyncpg.connect(
         dsn,
+        password=password_argument(settings),
         timeout=settings.db_connect_timeout_s,
         command_timeout=max(settings.db_command_timeout_s, 30.0),
         ssl=ssl_argument(settings),

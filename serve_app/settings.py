@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     # transit encryption). Redis TLS is chosen by the rediss:// scheme.
     database_sslmode: Literal["disable", "prefer", "require", "verify-full"] = "prefer"
     database_ssl_root_cert: Path | None = None
+    # Credentials that survive rotation: when set, every NEW connection reads the
+    # password from this file (a Kubernetes Secret volume that a secret operator
+    # re-syncs from Secrets Manager; the kubelet refreshes the file in place), so a
+    # rotated password is picked up without a restart. Overrides a password in DATABASE_URL.
+    database_password_file: Path | None = None
     redis_ssl_ca_certs: Path | None = None
 
     # asyncpg has no query or acquire timeout by default: a stalled database

@@ -57,9 +57,12 @@ def _signal_tree(root: psutil.Process, sig: signal.Signals) -> list[psutil.Proce
 
 
 class ThrowawayPostgres:
-    """A PostgreSQL cluster in a temporary folder, trust auth, TCP on 127.0.0.1 only."""
+    """A PostgreSQL cluster in a temporary folder, TCP on 127.0.0.1 only. Auth: trust,
+    or ``host_auth`` (e.g. scram-sha-256) on TCP with trust on its own unix socket,
+    where ``admin_dsn`` connects."""
 
-    def __init__(self) -> None:
+    def __init__(self, host_auth: str = "trust") -> None:
+        self.host_auth = host_auth
         self.port = free_port()
         assert self.port not in SHARED_PORTS
         self.root = Path(tempfile.mkdtemp(prefix="qa-faults-pg-"))
@@ -69,6 +72,7 @@ class ThrowawayPostgres:
         # initdb and postgres refuse to run as root.
         self._user = "postgres" if os.geteuid() == 0 else None
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.admin_dsn = f"postgresql://postgres@/postgres?host={self.root}&port={self.port}"
 
     def _popen_user(self) -> dict[str, str]:
         return {"user": self._user, "group": self._user} if self._user else {}
@@ -77,7 +81,8 @@ class ThrowawayPostgres:
         if self._user:
             shutil.chown(self.root, self._user, self._user)
         subprocess.run(
-            [_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+            [_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
+             f"--auth-host={self.host_auth}", "-E", "UTF8",
              "--locale=C", "--no-sync"],
             check=True, capture_output=True, timeout=120, cwd=self.root, **self._popen_user(),
         )
