@@ -221,3 +221,47 @@ resource "aws_flow_log" "this" {
   log_destination      = aws_cloudwatch_log_group.flow_logs.arn
   iam_role_arn         = aws_iam_role.flow_logs.arn
 }
+
+# --- VPC endpoints: image and weight pulls stay off the NAT -------------------------
+# Multi-GB GPU images and model layers from ECR (its layers are served from S3) would
+# otherwise cross the NAT gateways, billed per GB. S3 is a free gateway endpoint on the
+# private route tables; ECR's API and registry endpoints are interface endpoints in the
+# private subnets, reachable on 443 from inside the VPC only.
+
+resource "aws_vpc_endpoint" "s3" {
+  vpc_id            = aws_vpc.this.id
+  service_name      = "com.amazonaws.${data.aws_region.current.name}.s3"
+  vpc_endpoint_type = "Gateway"
+  route_table_ids   = [for az in var.azs : aws_route_table.private[az].id]
+
+  tags = { Name = "${var.name}-s3" }
+}
+
+resource "aws_security_group" "endpoints" {
+  name        = "${var.name}-vpc-endpoints"
+  description = "HTTPS from inside the VPC to the interface endpoints"
+  vpc_id      = aws_vpc.this.id
+
+  ingress {
+    description = "HTTPS from the VPC"
+    from_port   = 443
+    to_port     = 443
+    protocol    = "tcp"
+    cidr_blocks = [var.vpc_cidr]
+  }
+
+  tags = { Name = "${var.name}-vpc-endpoints" }
+}
+
+resource "aws_vpc_endpoint" "interface" {
+  for_each = toset(["ecr.api", "ecr.dkr"])
+
+  vpc_id              = aws_vpc.this.id
+  service_name        = "com.amazonaws.${data.aws_region.current.name}.${each.key}"
+  vpc_endpoint_type   = "Interface"
+  subnet_ids          = [for az in var.azs : aws_subnet.private[az].id]
+  security_group_ids  = [aws_security_group.endpoints.id]
+  private_dns_enabled = true
+
+  tags = { Name = "${var.name}-${each.key}" }
+}

@@ -59,3 +59,22 @@ run "subnet_roles_and_isolation" {
     error_message = "VPC flow logs must capture all traffic."
   }
 }
+
+run "image_pulls_stay_off_the_nat" {
+  command = plan
+
+  assert {
+    condition     = aws_vpc_endpoint.s3.vpc_endpoint_type == "Gateway" && aws_vpc_endpoint.s3.service_name == "com.amazonaws.us-east-1.s3"
+    error_message = "S3 needs a gateway endpoint on every private route table (ECR image layers are served from S3)."
+  }
+
+  assert {
+    condition     = toset([for e in aws_vpc_endpoint.interface : e.service_name]) == toset(["com.amazonaws.us-east-1.ecr.api", "com.amazonaws.us-east-1.ecr.dkr"]) && alltrue([for e in aws_vpc_endpoint.interface : e.private_dns_enabled])
+    error_message = "ECR api and dkr need interface endpoints with private DNS, so pulls do not cross the NAT."
+  }
+
+  assert {
+    condition     = tolist(one(aws_security_group.endpoints.ingress).cidr_blocks) == tolist(["10.0.0.0/16"]) && one(aws_security_group.endpoints.ingress).from_port == 443
+    error_message = "The interface endpoints must admit HTTPS from the VPC only."
+  }
+}
