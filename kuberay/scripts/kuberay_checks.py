@@ -73,7 +73,7 @@ VARIANTS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "test": ("overlays/test", ()),
     "prod": ("overlays/prod", ()),
     "prod+monitoring": ("overlays/prod", ("components/monitoring",)),
-    "karpenter-gpu": (None, ("components/karpenter-gpu",)),
+    "karpenter": (None, ("components/karpenter",)),
     # Applied by infra/ (k8s-addons' addons.sh), validated here against the same CRDs.
     "infra-manifests": (None, ()),
 }
@@ -416,6 +416,75 @@ def policy_errors(docs: list[dict[str, Any]], overlay: str | None = None) -> lis
     return errs
 
 
+def _quantity(v: Any) -> float:
+    """A Kubernetes quantity as a number (cores, bytes, GPUs)."""
+    s = str(v)
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    for u, f in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if s.endswith(u):
+            return float(s[: -len(u)]) * f
+    return float(s)
+
+
+def karpenter_errors(pools: list[dict[str, Any]], workload: list[dict[str, Any]], env: str = "prod") -> list[str]:
+    """Karpenter capacity against the RayService it serves: every NodePool's EC2NodeClass is
+    rendered, each worker group has a NodePool whose labels it selects and whose taints it
+    tolerates (the GPU pool must be tainted), its limits hold 2 x maxReplicas of the group's
+    pods (a NewCluster upgrade runs two clusters), and the EC2NodeClasses name this env's
+    cluster (discovery tag) and node role."""
+    errs: list[str] = []
+    classes = {d["metadata"]["name"]: d for d in find(pools, "EC2NodeClass")}
+    nodepools = find(pools, "NodePool")
+    for np in nodepools:
+        ref = np["spec"]["template"]["spec"]["nodeClassRef"]["name"]
+        if ref not in classes:
+            errs.append(f"{kind_id(np)}: EC2NodeClass {ref!r} is not rendered (nothing creates it)")
+    name = None
+    env_file = Path(str(ENV_HCL).format(env=env))
+    if env_file.is_file():
+        import re
+
+        m = re.search(r'^\s*name\s*=\s*"([^"]+)"', env_file.read_text(), flags=re.M)
+        name = m.group(1) if m else None
+    for c in classes.values():
+        spec = c["spec"]
+        tags = [t.get("tags", {}).get("karpenter.sh/discovery") for t in
+                spec.get("subnetSelectorTerms", []) + spec.get("securityGroupSelectorTerms", [])]
+        if name and (set(tags) != {name} or spec.get("role") != f"{name}-karpenter-node"):
+            errs.append(f"{kind_id(c)}: discovery tags {tags} / role {spec.get('role')!r} are not {env}'s ({name})")
+    rs = find(workload, "RayService")
+    for g in (rs[0]["spec"]["rayClusterConfig"].get("workerGroupSpecs", []) if rs else []):
+        pspec = g["template"]["spec"]
+        selector = pspec.get("nodeSelector") or {}
+        gpu = any(_gpu_limit(c) for c in _containers(pspec))
+        matching = [np for np in nodepools if selector and all(
+            (np["spec"]["template"].get("metadata", {}).get("labels") or {}).get(k) == v for k, v in selector.items())]
+        where = f"worker group {g['groupName']}"
+        if not matching:
+            errs.append(f"{where}: no NodePool carries its nodeSelector {selector}")
+            continue
+        np = matching[0]
+        taints = np["spec"]["template"]["spec"].get("taints") or []
+        if gpu and not any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in taints):
+            errs.append(f"{kind_id(np)}: the GPU pool has no nvidia.com/gpu NoSchedule taint: CPU pods would land "
+                        f"on GPU nodes")
+        for t in taints:
+            if not any(tol.get("key") == t["key"] and (tol.get("operator") == "Exists" or tol.get("value") == t.get("value"))
+                       for tol in pspec.get("tolerations") or []):
+                errs.append(f"{where}: does not tolerate {kind_id(np)}'s taint {t['key']}")
+        requests: dict[str, float] = {}
+        for c in _containers(pspec):
+            for r, v in ((c.get("resources") or {}).get("requests") or {}).items():
+                requests[r] = requests.get(r, 0) + _quantity(v)
+        limits = np["spec"].get("limits") or {}
+        for r in (("nvidia.com/gpu",) if gpu else ("cpu", "memory")):
+            need = 2 * g["maxReplicas"] * requests.get(r, 0)
+            if r not in limits or _quantity(limits[r]) < need:
+                errs.append(f"{kind_id(np)}: limits.{r} {limits.get(r)} < 2 x maxReplicas {g['maxReplicas']} x "
+                            f"{requests.get(r, 0):g} = {need:g} ({where}; NewCluster upgrades need both clusters)")
+    return errs
+
+
 def network_policy_errors(docs: list[dict[str, Any]], overlay: str | None) -> list[str]:
     """The ALB rule admits exactly the environment's VPC CIDR (infra/live/<env>/env.hcl)."""
     if overlay not in ("test", "prod"):
@@ -603,6 +672,8 @@ def main() -> int:
         overlay = variant.split("+")[0]
         if overlay in ("test", "prod"):
             errs += policy_errors(docs, overlay)
+        if variant == "karpenter":
+            errs += karpenter_errors(docs, render("prod"))
         print(f"[{variant}] rendered {len(docs)} objects + {len(pods)} extracted pods: "
               f"{'OK' if not errs else f'{len(errs)} error(s)'}")
         for n in sorted(set(notes)):

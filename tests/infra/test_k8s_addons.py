@@ -104,7 +104,7 @@ def eks_nodes(main_tf: Path = INFRA / "modules" / "eks" / "main.tf") -> dict[str
 
 
 def karpenter_gpu_node() -> tuple[dict, list[dict]]:
-    pool = yaml.safe_load((REPO_ROOT / "kuberay" / "components" / "karpenter-gpu" / "nodepool.yaml").read_text())
+    pool = yaml.safe_load((REPO_ROOT / "kuberay" / "components" / "karpenter" / "nodepool-gpu.yaml").read_text())
     tmpl = pool["spec"]["template"]
     return tmpl["metadata"]["labels"], tmpl["spec"].get("taints") or []
 

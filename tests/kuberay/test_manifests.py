@@ -412,3 +412,39 @@ def test_committed_overlays_have_no_placeholder_account_or_image_tag():
     for overlay in ("test", "prod"):
         images = {c["image"] for p in kc.extract_pods(rendered(overlay)) for c in p["spec"]["containers"]}
         assert images <= {"ray-cpu:2.60.0", "ray-gpu:2.60.0"}, images  # names release.py replaces
+
+
+# ----------------------------------------------------------------- issue 14: Karpenter capacity
+def test_karpenter_pools_fit_the_rayservice():
+    pools = rendered("karpenter")
+    assert {d["metadata"]["name"] for d in kc.find(pools, "NodePool")} == {"ray-cpu", "ray-gpu"}
+    assert kc.validate_docs(pools) == []
+    assert kc.karpenter_errors(pools, rendered("prod")) == []
+    gpu = one(pools, "NodePool", "ray-gpu")["spec"]
+    reqs = {r["key"]: r["values"] for r in gpu["template"]["spec"]["requirements"]}
+    assert reqs["karpenter.sh/capacity-type"] == ["spot", "on-demand"]
+    assert gpu["disruption"]["consolidationPolicy"] == "WhenEmpty"
+    for group in one(rendered("prod"), "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        assert group["template"]["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
+
+
+def test_planted_karpenter_missing_node_class():
+    pools = [d for d in rendered("karpenter") if d["metadata"]["name"] != "ray-gpu" or d["kind"] != "EC2NodeClass"]
+    errs = kc.karpenter_errors(pools, rendered("prod"))
+    assert any("EC2NodeClass 'ray-gpu' is not rendered" in e for e in errs), errs
+
+
+def test_planted_karpenter_gpu_pool_without_taint():
+    pools = rendered("karpenter")
+    one(pools, "NodePool", "ray-gpu")["spec"]["template"]["spec"].pop("taints")
+    errs = kc.karpenter_errors(pools, rendered("prod"))
+    assert any("no nvidia.com/gpu NoSchedule taint" in e for e in errs), errs
+
+
+@pytest.mark.parametrize("pool,resource,value", [("ray-gpu", "nvidia.com/gpu", "4"), ("ray-cpu", "cpu", "36")])
+def test_planted_karpenter_limits_below_max_replicas(pool, resource, value):
+    pools = rendered("karpenter")
+    one(pools, "NodePool", pool)["spec"]["limits"][resource] = value
+    errs = kc.karpenter_errors(pools, rendered("prod"))
+    assert any(f"limits.{resource} {value} <" in e for e in errs), errs
+    assert kc.validate_docs(pools) == []  # the CRD accepts it: only this check sees it
