@@ -273,3 +273,14 @@ def test_addons_sh_is_executable_and_parses():
 def test_app_secret_values_never_enter_terraform():
     text = (ADDONS / "main.tf").read_text()
     assert "aws_secretsmanager_secret_version" not in text and "data \"" not in text
+
+
+def test_every_step_reruns_when_what_it_applies_changes():
+    """terraform_data runs a create-time provisioner on (re)creation only; a changed `input`
+    updates in place. Every step must repeat what it applies in triggers_replace."""
+    for name, body in terraform_data().items():
+        [prov] = body["provisioner"]
+        if prov["local-exec"].get("when") == "${destroy}":
+            continue
+        assert "triggers_replace" in body, name
+        assert body["triggers_replace"] == body["input"] or name in ("crds", "gatewayclass"), name

@@ -50,8 +50,12 @@ locals {
   }
 }
 
+# terraform_data runs a create-time provisioner only when it is (re)created, and a
+# changed `input` alone updates in place: `triggers_replace` repeats what each step
+# applies, so a new version, values file or manifest runs the step again.
 resource "terraform_data" "crds" {
-  input = { crd_urls = local.crd_urls }
+  input            = { crd_urls = local.crd_urls }
+  triggers_replace = local.crd_urls
 
   provisioner "local-exec" {
     command     = "${local.script} crds"
@@ -62,7 +66,8 @@ resource "terraform_data" "crds" {
 resource "terraform_data" "release" {
   for_each = local.releases
 
-  input = each.value
+  input            = each.value
+  triggers_replace = each.value
 
   provisioner "local-exec" {
     command = "${local.script} helm"
@@ -81,7 +86,8 @@ resource "terraform_data" "release" {
 }
 
 resource "terraform_data" "gatewayclass" {
-  input = { manifest = file("${path.module}/manifests/gatewayclass.yaml") }
+  input            = { manifest = file("${path.module}/manifests/gatewayclass.yaml") }
+  triggers_replace = file("${path.module}/manifests/gatewayclass.yaml")
 
   provisioner "local-exec" {
     command     = "${local.script} manifest"
@@ -91,16 +97,23 @@ resource "terraform_data" "gatewayclass" {
   depends_on = [terraform_data.release]
 }
 
-resource "terraform_data" "app_credentials" {
-  # Identifiers only: the values are read by addons.sh at apply time, so a plan with
-  # mock dependency outputs never calls Secrets Manager, and no secret is in the state.
-  input = {
+locals {
+  app_credentials_ids = {
     namespace         = var.app_namespace
     aurora_secret_arn = var.aurora_master_user_secret_arn
     aurora_endpoint   = "${var.aurora_endpoint}:${var.aurora_port}/${var.aurora_database_name}"
     redis_secret_arn  = var.redis_auth_token_secret_arn
     redis_endpoint    = "${var.redis_endpoint}:${var.redis_port}/${var.redis_app_db}"
   }
+}
+
+resource "terraform_data" "app_credentials" {
+  # Identifiers only: the values are read by addons.sh at apply time, so a plan with
+  # mock dependency outputs never calls Secrets Manager, and no secret is in the state.
+  # Re-read (and re-written) when an identifier changes, or with
+  # `terragrunt apply -replace=terraform_data.app_credentials` after a rotation.
+  input            = local.app_credentials_ids
+  triggers_replace = local.app_credentials_ids
 
   provisioner "local-exec" {
     command = "${local.script} app-secret"
