@@ -22,7 +22,7 @@ PLANTS = [
     pytest.param("k8s-addons", "manifests/gatewayclass.yaml", "controllerName: gateway.k8s.aws/alb",
                  "controllerName: gateway.k8s.aws/nlb", "gateway.k8s.aws/alb", id="k8s-addons-wrong-gatewayclass"),
     pytest.param("network", "main.tf", 'for_each = toset(["ecr.api", "ecr.dkr"])', 'for_each = toset(["ecr.api"])',
-                 "do not cross the NAT", id="network-no-ecr-dkr-endpoint"),
+                 "ECR api and dkr need interface endpoints", id="network-no-ecr-dkr-endpoint"),
     pytest.param("certificate", "main.tf", 'validation_method = "DNS"', 'validation_method = "EMAIL"',
                  "validated by DNS", id="certificate-not-dns-validated"),
     pytest.param("eks", "main.tf", "subnet_ids      = var.private_subnet_ids", "subnet_ids      = [\"subnet-public\"]",
