@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -117,22 +118,30 @@ async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration]
     return applied_now
 
 
-def ssl_argument(settings: Settings) -> ssl.SSLContext | str | bool | None:
-    mode = settings.database_sslmode
+def _dsn_params(dsn: str) -> dict[str, str]:
+    query = parse_qs(urlsplit(dsn).query)
+    return {k: v[-1] for k, v in query.items() if v}
+
+
+def ssl_mode(settings: Settings, dsn: str) -> str:
+    """``DATABASE_SSLMODE`` when set, else the DSN's ``sslmode``, else libpq's
+    default ``prefer``."""
+    return settings.database_sslmode or _dsn_params(dsn).get("sslmode") or "prefer"
+
+
+def ssl_argument(settings: Settings, dsn: str) -> ssl.SSLContext | str | bool:
+    """asyncpg's ``ssl=``. Whatever is passed there replaces the DSN's own
+    sslmode (asyncpg 0.32 ``connect_utils._parse_connect_dsn_and_args``), so
+    the mode is resolved here, from both, once."""
+    mode = ssl_mode(settings, dsn)
     if mode == "disable":
         return False
-    if mode == "verify-full":
-        ctx = ssl.create_default_context(
-            cafile=str(settings.database_ssl_root_cert) if settings.database_ssl_root_cert else None
-        )
+    if mode in ("verify-ca", "verify-full"):
+        root = settings.database_ssl_root_cert or _dsn_params(dsn).get("sslrootcert")
+        ctx = ssl.create_default_context(cafile=str(root) if root else None)
+        ctx.check_hostname = mode == "verify-full"
         return ctx
-    return mode  # asyncpg understands "prefer" and "require" as libpq does
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # Server-side guard too, so a statement the client gave up on stops
-    # holding locks and a worker on the server.
-    await conn.execute("SET statement_timeout = 5000")
+    return mode  # asyncpg understands "allow", "prefer" and "require" as libpq does
 
 
 def password_argument(settings: Settings) -> Callable[[], str] | None:
@@ -158,8 +167,11 @@ async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
         max_size=settings.db_pool_max_size,
         timeout=settings.db_connect_timeout_s,
         command_timeout=settings.db_command_timeout_s,
-        ssl=ssl_argument(settings),
-        init=_init_connection,
+        ssl=ssl_argument(settings, dsn),
+        # The server gives up when the client does: a statement the client
+        # stopped waiting for stops holding locks and a backend. Sent in the
+        # startup packet, so it costs no round trip.
+        server_settings={"statement_timeout": f"{round(settings.db_command_timeout_s * 1000)}ms"},
         # Connections that die while the database restarts are replaced on
         # the next acquire instead of failing the request that gets them.
         max_inactive_connection_lifetime=60,
@@ -172,7 +184,7 @@ async def connect(settings: Settings, dsn: str) -> asyncpg.Connection:
         password=password_argument(settings),
         timeout=settings.db_connect_timeout_s,
         command_timeout=max(settings.db_command_timeout_s, 30.0),
-        ssl=ssl_argument(settings),
+        ssl=ssl_argument(settings, dsn),
     )
 
 

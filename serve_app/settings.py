@@ -26,7 +26,9 @@ class Settings(BaseSettings):
 
     # TLS: on AWS both must be on (Aurora has rds.force_ssl=1, ElastiCache has
     # transit encryption). Redis TLS is chosen by the rediss:// scheme.
-    database_sslmode: Literal["disable", "prefer", "require", "verify-full"] = "prefer"
+    # PostgreSQL: set here, this mode wins; unset, the DSN's ?sslmode= does
+    # (and without either, libpq's default "prefer").
+    database_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
     database_ssl_root_cert: Path | None = None
     # Credentials that survive rotation: when set, every NEW connection reads the
     # password from this file (a Kubernetes Secret volume that a secret operator
@@ -36,8 +38,8 @@ class Settings(BaseSettings):
     redis_ssl_ca_certs: Path | None = None
 
     # asyncpg has no query or acquire timeout by default: a stalled database
-    # would otherwise hold every request forever.
-    db_pool_min_size: int = Field(default=1, ge=0)
+    # would otherwise hold every request forever. The pool opens connections
+    # on demand (no minimum), so a replica starts while the database is down.
     db_pool_max_size: int = Field(default=10, ge=1)
     db_connect_timeout_s: float = Field(default=2.0, gt=0)
     db_command_timeout_s: float = Field(default=2.0, gt=0)

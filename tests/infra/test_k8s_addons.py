@@ -232,7 +232,8 @@ def test_app_secret_reads_secrets_manager_at_apply_time(stubs):
     assert res.returncode == 0, res.stderr
     env = dict(line.split("=", 1) for line in (stubs.state / "env").read_text().splitlines())
     assert env == {
-        "DATABASE_URL": "postgresql://qa%20admin:p%40ss%2Fw%3Ard@db.x:5432/qa?sslmode=require",
+        "DATABASE_URL": "postgresql://qa%20admin:p%40ss%2Fw%3Ard@db.x:5432/qa"
+                        "?sslmode=verify-full&sslrootcert=/etc/ssl/certs/rds-global-bundle.pem",
         "REDIS_URL": "rediss://:tok%2Ben%2F1@r.x:6379/0",
         "RAY_REDIS_ADDRESS": "rediss://r.x:6379",
         "RAY_REDIS_PASSWORD": "tok+en/1",

@@ -68,8 +68,10 @@ cmd_app_secret() {
   kubeconfig
   secret_string "$AURORA_SECRET_ARN" > "$WORK/aurora.json"
   secret_string "$REDIS_SECRET_ARN" > "$WORK/redis-token"
-  # rediss:// and sslmode=require: both servers refuse plaintext connections. No "/<db>" in
-  # RAY_REDIS_ADDRESS: Ray 2.60 parses "6379/1" as the port (kuberay/README.md).
+  # rediss:// and sslmode=verify-full: both servers refuse plaintext, and the app checks
+  # Aurora's certificate and host name against AWS's RDS CA bundle (in the image at the
+  # sslrootcert path; truststore.pki.rds.amazonaws.com/global/global-bundle.pem). No "/<db>"
+  # in RAY_REDIS_ADDRESS: Ray 2.60 parses "6379/1" as the port (kuberay/README.md).
   python3 - "$WORK" <<'PY'
 import json, os, sys
 from urllib.parse import quote
@@ -80,7 +82,8 @@ e = os.environ
 redis = f"{e['REDIS_ENDPOINT']}:{e['REDIS_PORT']}"
 values = {
     "DATABASE_URL": f"postgresql://{quote(creds['username'], safe='')}:{quote(creds['password'], safe='')}"
-                    f"@{e['AURORA_ENDPOINT']}:{e['AURORA_PORT']}/{e['AURORA_DATABASE']}?sslmode=require",
+                    f"@{e['AURORA_ENDPOINT']}:{e['AURORA_PORT']}/{e['AURORA_DATABASE']}"
+                    "?sslmode=verify-full&sslrootcert=/etc/ssl/certs/rds-global-bundle.pem",
     "REDIS_URL": f"rediss://:{quote(token, safe='')}@{redis}/{e['REDIS_APP_DB']}",
     "RAY_REDIS_ADDRESS": f"rediss://{redis}",
     "RAY_REDIS_PASSWORD": token,
