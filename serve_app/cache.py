@@ -7,7 +7,6 @@ short cool-down so a dead or hung Redis costs one timeout, not one per request.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -22,12 +21,25 @@ from redis.exceptions import RedisError
 
 from serve_app.metrics import AppMetrics
 from serve_app.settings import Settings
+from serve_app.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
 # Stored for a looked-up id that does not exist, so a flood of requests for a
 # missing user does not reach PostgreSQL either.
 _MISSING = {"__missing__": True}
+
+# KEYS[1]: where to store ARGV[1] for ARGV[2] seconds, only if KEYS[2] still
+# holds ARGV[3] ("" = absent), the value read before the load started. A
+# writer bumps KEYS[2] after its commit, so a load that raced it stores nothing.
+_SET_IF_UNCHANGED = """
+local cur = redis.call('GET', KEYS[2])
+if (cur == false and ARGV[3] == '') or cur == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
 
 
 def create_redis(settings: Settings, url: str) -> Redis:
@@ -82,7 +94,8 @@ class Cache:
         self._metrics = metrics or AppMetrics()
         self._prefix = prefix
         self._breaker = breaker or Breaker(metrics=self._metrics)
-        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._flights: SingleFlight[Any] = SingleFlight()
+        self._set_if_unchanged = redis.register_script(_SET_IF_UNCHANGED) if redis is not None else None
 
     # -- state -------------------------------------------------------------
     @property
@@ -118,13 +131,27 @@ class Cache:
             return None
         return None if raw is None else json.loads(raw)
 
-    async def set_json(self, key: str, value: Any, ttl_s: int) -> None:
+    async def set_json(self, key: str, value: Any, ttl_s: int, *, only_if_absent: bool = False) -> None:
+        """``only_if_absent``: never replace a live entry (first writer wins)."""
         if not self.available or ttl_s <= 0:
             return
         try:
-            await self._redis.set(key, json.dumps(value, separators=(",", ":")), ex=ttl_s)  # type: ignore[union-attr]
+            await self._redis.set(  # type: ignore[union-attr]
+                key, json.dumps(value, separators=(",", ":")), ex=ttl_s, nx=only_if_absent
+            )
         except REDIS_ERRORS as exc:
             self._failed("set", exc)
+
+    async def _get_two(self, key: str, other: str) -> tuple[Any | None, bytes | None]:
+        """``key``'s value (JSON) and ``other``'s raw bytes, in one round trip."""
+        if not self.available:
+            return None, None
+        try:
+            raw, guard = await self._redis.mget(key, other)  # type: ignore[union-attr]
+        except REDIS_ERRORS as exc:
+            self._failed("get", exc)
+            return None, None
+        return (None if raw is None else json.loads(raw)), guard
 
     async def delete(self, *keys: str) -> None:
         if not self.available:
@@ -149,50 +176,63 @@ class Cache:
     # -- read-through with single flight ---------------------------------------
     async def get_or_load(
         self, key: str, loader: Callable[[], Awaitable[Any]], ttl_s: int, *, cache_none: bool = False,
-        name: str = "default",
+        name: str = "default", negative_guard: str | None = None,
     ) -> Any:
         """Return the cached value or load it once for all concurrent callers.
 
         Concurrent misses of one key in this process share one loader call, so a
-        burst on a cold key costs one database query per replica.
+        burst on a cold key costs one database query per replica; a caller that
+        goes away does not fail the others (``SingleFlight``).
+
+        ``cache_none`` stores "missing" too. With ``negative_guard`` (a key a
+        writer bumps after committing), "missing" is stored only if the guard
+        did not change during the load: a read that raced a create would
+        otherwise hide the new row for the whole TTL.
         """
         if ttl_s <= 0:
             return await loader()
-        pending = self._inflight.get(key)
-        if pending is not None:
+        flight, started = self._flights.start_or_join(
+            key, lambda: self._read_through(key, loader, ttl_s, cache_none, name, negative_guard)
+        )
+        if not started:
             self._metrics.cache_lookup(name, hit=True)
-            value = await asyncio.shield(pending)
-        else:
-            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            # Registered before the Redis read, so a burst costs one Redis GET
-            # and at most one loader call.
-            self._inflight[key] = fut
-            try:
-                value = await self._read_through(key, loader, ttl_s, cache_none, name)
-            except BaseException as exc:
-                fut.set_exception(exc)
-                # Waiters re-raise it; mark it retrieved so an unwaited future
-                # does not log "exception was never retrieved".
-                fut.exception()
-                raise
-            else:
-                fut.set_result(value)
-            finally:
-                self._inflight.pop(key, None)
+        value = await self._flights.wait(flight)
         return None if value == _MISSING else value
 
     async def _read_through(
-        self, key: str, loader: Callable[[], Awaitable[Any]], ttl_s: int, cache_none: bool, name: str
+        self, key: str, loader: Callable[[], Awaitable[Any]], ttl_s: int, cache_none: bool, name: str,
+        negative_guard: str | None,
     ) -> Any:
-        cached = await self.get_json(key)
+        guard: bytes | None = None
+        if cache_none and negative_guard is not None:
+            # Read before the load: a create that commits after this point
+            # bumps it, and then "missing" is not stored.
+            cached, guard = await self._get_two(key, negative_guard)
+        else:
+            cached = await self.get_json(key)
         self._metrics.cache_lookup(name, hit=cached is not None)
         if cached is not None:
             return cached
         value = await loader()
-        if value is not None or cache_none:
-            value = _MISSING if value is None else value
+        if value is not None:
             await self.set_json(key, value, ttl_s)
+        elif cache_none:
+            if negative_guard is None:
+                await self.set_json(key, _MISSING, ttl_s)
+            else:
+                await self._store_missing(key, ttl_s, negative_guard, guard)
+            value = _MISSING
         return value
+
+    async def _store_missing(self, key: str, ttl_s: int, guard_key: str, guard: bytes | None) -> None:
+        if not self.available or self._set_if_unchanged is None:
+            return
+        try:
+            await self._set_if_unchanged(
+                keys=[key, guard_key], args=[json.dumps(_MISSING), ttl_s, b"" if guard is None else guard]
+            )
+        except REDIS_ERRORS as exc:
+            self._failed("set", exc)
 
     # -- users key layout --------------------------------------------------
     def user_key(self, user_id: int) -> str:
@@ -217,3 +257,22 @@ class Cache:
         normalized = " ".join(question.split()).casefold()
         material = json.dumps({"m": model, "q": normalized, "p": params}, sort_keys=True)
         return self.key("answer", hashlib.sha256(material.encode()).hexdigest())
+
+    # -- answers write policy ----------------------------------------------
+    @staticmethod
+    def answer_is_shareable(params: dict[str, Any], defaults: dict[str, Any], *, no_cache: bool) -> bool:
+        """Whether an answer generated with ``params`` may be read from and
+        written to the cache every caller shares.
+
+        Never for a request that asked not to use the cache (it reads nothing,
+        so it must not write either: that was a way to replace a popular
+        answer at will). Otherwise only for answers any caller asking the same
+        would accept: greedy ones (temperature 0: the model's one answer) and
+        those at the deployment's own defaults (a sample from the
+        distribution the operator chose). A sample at a caller's own
+        temperature goes to that caller only. Writes are first-writer-wins
+        (``only_if_absent``), so a shared answer cannot be re-rolled either.
+        """
+        if no_cache:
+            return False
+        return params.get("temperature") == 0 or params == defaults
