@@ -20,6 +20,7 @@ from serve_app import db
 from serve_app.errors import DependencyUnavailable, Unauthorized
 from serve_app.metrics import AppMetrics
 from serve_app.settings import Settings
+from serve_app.singleflight import SingleFlight
 from serve_app.users_repo import ApiKeysRepository, insert_api_key, list_api_keys, revoke_api_key
 
 _KEY = re.compile(r"^qa_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
@@ -46,30 +47,51 @@ def parse_bearer(header: str | None) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
-class KeyVerifier:
-    """Verifies keys against PostgreSQL, remembering each lookup (hit or miss)
-    for ``ttl_s`` per replica so auth is not a database query per request.
+class KeyUnverifiable(Unauthorized):
+    """A key never verified here while the database is unreachable: a 401 like
+    any other (no caller learns of the outage), but not the caller's failure."""
 
-    While the database is unreachable, a key verified before stays valid; one
-    never seen is refused with 401, never 503, so no unauthenticated caller
-    learns that a dependency is down.
+
+class KeyVerifier:
+    """Verifies keys against PostgreSQL, remembering each lookup for ``ttl_s``
+    per replica so auth is not a database query per request.
+
+    - Valid keys and unknown (or revoked) ids are remembered apart, each
+      bounded: a flood of made-up ids evicts only other made-up ids, never
+      a real key.
+    - Concurrent lookups of one id share one query (single flight).
+    - While the database is unreachable, a key verified before stays valid;
+      one never seen is refused with 401, never 503, so no unauthenticated
+      caller learns that a dependency is down.
     """
 
-    def __init__(self, repo: ApiKeysRepository, ttl_s: float, metrics: AppMetrics, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, repo: ApiKeysRepository, ttl_s: float, metrics: AppMetrics, max_entries: int = 10_000,
+        max_unknown: int = 10_000,
+    ) -> None:
         self._repo = repo
         self._ttl_s = ttl_s
         self._metrics = metrics
         self._max_entries = max_entries
-        # key id -> (looked up at, secret hash or None when absent/revoked)
-        self._known: OrderedDict[str, tuple[float, bytes | None]] = OrderedDict()
+        self._max_unknown = max_unknown
+        # key id -> (looked up at, secret hash)
+        self._valid: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        # key id -> looked up at; absent or revoked
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        self._lookups: SingleFlight[dict[str, Any] | None] = SingleFlight()
 
-    async def verify(self, header: str | None) -> str:
-        """The key id of a valid key, else raises ``Unauthorized``."""
-        parsed = parse_bearer(header)
-        if parsed is None:
-            self._metrics.auth_failure("missing" if not header else "malformed")
-            raise Unauthorized()
-        key_id, secret = parsed
+    def needs_lookup(self, key_id: str) -> bool:
+        """Whether verifying ``key_id`` now would query the database."""
+        now = time.monotonic()
+        valid = self._valid.get(key_id)
+        if valid is not None and now - valid[0] < self._ttl_s:
+            return False
+        unknown = self._unknown.get(key_id)
+        return unknown is None or now - unknown >= self._ttl_s
+
+    async def verify(self, key: tuple[str, str]) -> str:
+        """The key id of a valid key (``parse_bearer``'s result), else raises ``Unauthorized``."""
+        key_id, secret = key
         stored = await self._stored_hash(key_id)
         if not hmac.compare_digest(stored or _NO_HASH, hash_secret(secret)) or stored is None:
             self._metrics.auth_failure("invalid")
@@ -77,23 +99,33 @@ class KeyVerifier:
         return key_id
 
     async def _stored_hash(self, key_id: str) -> bytes | None:
-        now = time.monotonic()
-        entry = self._known.get(key_id)
-        if entry is not None and now - entry[0] < self._ttl_s:
-            return entry[1]
+        if not self.needs_lookup(key_id):
+            valid = self._valid.get(key_id)
+            return valid[1] if valid is not None else None
         try:
-            row = await self._repo.find(key_id)
+            row = await self._lookups.do(key_id, lambda: self._repo.find(key_id))
         except DependencyUnavailable:
-            if entry is not None:
-                return entry[1]
+            valid = self._valid.get(key_id)
+            if valid is not None:
+                return valid[1]
             self._metrics.auth_failure("unverifiable")
-            raise Unauthorized("API key could not be verified, retry later") from None
-        stored = bytes(row["secret_hash"]) if row and row["revoked_at"] is None else None
-        self._known[key_id] = (now, stored)
-        self._known.move_to_end(key_id)
-        while len(self._known) > self._max_entries:
-            self._known.popitem(last=False)
-        return stored
+            raise KeyUnverifiable("API key could not be verified, retry later") from None
+        now = time.monotonic()
+        if row and row["revoked_at"] is None:
+            stored = bytes(row["secret_hash"])
+            self._unknown.pop(key_id, None)
+            _remember(self._valid, key_id, (now, stored), self._max_entries)
+            return stored
+        self._valid.pop(key_id, None)
+        _remember(self._unknown, key_id, now, self._max_unknown)
+        return None
+
+
+def _remember(cache: OrderedDict[str, Any], key: str, value: Any, max_entries: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > max_entries:
+        cache.popitem(last=False)
 
 
 # -- management (the CLI) -------------------------------------------------------
