@@ -55,20 +55,22 @@ class UsersRepository(_Repository):
         return dict(row)
 
     async def create_idempotent(
-        self, name: str, email: str, *, scope: str, key: str, request_hash: bytes
+        self, name: str, email: str, *, scope: str, key: str, request_hash: bytes, ttl_s: int
     ) -> tuple[User, bool]:
-        """Create once per (scope, key); a retry returns the first result.
+        """Create once per (scope, key) within ``ttl_s``; a retry returns the first result.
 
         Returns the user and whether it is a replay. The user and the key are
-        committed together, and concurrent retries serialize on the key.
+        committed together, and concurrent retries serialize on the key. An
+        expired key is reused as if new.
         """
         try:
             async with self._conn() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))", scope, key)
                 seen = await conn.fetchrow(
                     "SELECT i.request_hash, u.id, u.name, u.email FROM idempotency_keys i "
-                    "JOIN users u ON u.id = i.user_id WHERE i.scope = $1 AND i.key = $2",
-                    scope, key,
+                    "JOIN users u ON u.id = i.user_id WHERE i.scope = $1 AND i.key = $2 "
+                    "AND i.created_at > now() - make_interval(secs => $3)",
+                    scope, key, ttl_s,
                 )
                 if seen is not None:
                     if bytes(seen["request_hash"]) != request_hash:
@@ -77,13 +79,28 @@ class UsersRepository(_Repository):
                 row = await conn.fetchrow(
                     f"INSERT INTO users (name, email) VALUES ($1, $2) RETURNING {_COLUMNS}", name, email
                 )
+                # The advisory lock is held and no live row exists: a
+                # conflicting row can only be an expired one.
                 await conn.execute(
-                    "INSERT INTO idempotency_keys (scope, key, request_hash, user_id) VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO idempotency_keys (scope, key, request_hash, user_id) VALUES ($1, $2, $3, $4) "
+                    "ON CONFLICT (scope, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, "
+                    "user_id = EXCLUDED.user_id, created_at = now()",
                     scope, key, request_hash, row["id"],
                 )
         except asyncpg.UniqueViolationError as exc:
             raise Conflict("a user with this email already exists") from exc
         return dict(row), False
+
+    async def purge_idempotency_keys(self, ttl_s: int, batch: int = 1000) -> int:
+        """Delete up to ``batch`` keys older than ``ttl_s``; returns how many."""
+        async with self._conn() as conn:
+            status = await conn.execute(
+                "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY("
+                "SELECT ctid FROM idempotency_keys WHERE created_at <= now() - make_interval(secs => $1) "
+                "LIMIT $2))",
+                ttl_s, batch,
+            )
+        return int(status.rsplit(" ", 1)[-1])
 
     async def get(self, user_id: int) -> User | None:
         async with self._conn() as conn:

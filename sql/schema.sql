@@ -33,3 +33,5 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (scope, key)
 );
+
+CREATE INDEX IF NOT EXISTS idempotency_keys_created_at ON idempotency_keys (created_at);
