@@ -9,7 +9,6 @@ makes Serve reject at once (``BackPressureError``) instead of queueing.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -31,7 +30,10 @@ class ChatResult:
 
 @dataclass
 class ChatStream:
-    chunks: AsyncIterator[str]  # OpenAI SSE lines: "data: {...}\n\n"
+    # OpenAI chat.completion.chunk objects as JSON text, without SSE framing
+    # (serve_app.http.sse frames them); an engine error mid-stream is raised
+    # as an AppError.
+    chunks: AsyncIterator[str]
     pool: str
 
 
@@ -333,11 +335,13 @@ class ServeLLMBackend:
             finished = False
             try:
                 for it in items:
-                    yield _as_sse(it)
+                    for payload in _payloads(it):
+                        yield payload
                 async with asyncio.timeout_at(deadline):
                     async for batch in gen:
                         for it in batch if isinstance(batch, list) else [batch]:
-                            yield _as_sse(it)
+                            for payload in _payloads(it):
+                                yield payload
                 finished = True
             except TimeoutError as exc:
                 raise DeadlineExceeded(f"no answer within {deadline_s:g}s; the generation was cancelled") from exc
@@ -375,9 +379,16 @@ def _is_error(item: Any) -> bool:
     return type(item).__name__ == "ErrorResponse"
 
 
-def _as_sse(item: Any) -> str:
+def _payloads(item: Any) -> list[str]:
+    """The JSON chunks in one streamed item: Ray Serve LLM yields SSE text
+    ("data: {...}\n\n", possibly several events) or response objects."""
     if isinstance(item, str):
-        return item if item.endswith("\n\n") else item + "\n\n"
+        out = []
+        for event in item.split("\n\n"):
+            data = event.strip().removeprefix("data:").strip()
+            if data and data != "[DONE]":
+                out.append(data)
+        return out
     if _is_error(item):
-        return "data: " + json.dumps({"error": item.model_dump(mode="json").get("error")}) + "\n\n"
-    return "data: " + item.model_dump_json() + "\n\n"
+        _raise_engine_error(item)
+    return [item.model_dump_json()]

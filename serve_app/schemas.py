@@ -35,21 +35,6 @@ class User(BaseModel):
     email: str
 
 
-class QuestionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    question: str = Field(min_length=1, max_length=4000)
-    max_tokens: int | None = Field(default=None, ge=1, le=512)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-
-    @field_validator("question")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("question must not be blank")
-        return value
-
-
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
