@@ -152,8 +152,12 @@ class QAUser(FastHttpUser):
 
     def _ask(self, question: str, name: str, no_cache: bool) -> None:
         headers = {"Cache-Control": "no-cache"} if no_cache else {}
-        with self.client.post("/question", json={"question": question, "max_tokens": MAX_TOKENS}, headers=headers,
-                              name=name, catch_response=True) as r:
+        body = {"question": question, "max_tokens": MAX_TOKENS}
+        if not no_cache:
+            # Greedy: only such answers (or ones at the deployment's defaults)
+            # are shared through the answer cache (serve_app.cache.answer_is_shareable).
+            body["temperature"] = 0
+        with self.client.post("/question", json=body, headers=headers, name=name, catch_response=True) as r:
             if r.status_code == 200 and r.json().get("answer") is not None:
                 r.success()
             else:

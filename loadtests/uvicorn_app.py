@@ -15,7 +15,7 @@ import os
 from fastapi import FastAPI
 
 from serve_app.config import AppArgs, load_serve_config
-from serve_app.ingress import create_app
+from serve_app.http import create_app
 from serve_app.settings import Settings
 
 

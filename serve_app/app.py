@@ -13,7 +13,7 @@ from typing import Any
 from ray.serve import Application
 
 from serve_app.config import AppArgs
-from serve_app.ingress import Ingress
+from serve_app.deployment import Ingress
 
 log = logging.getLogger(__name__)
 

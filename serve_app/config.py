@@ -6,11 +6,12 @@ come from the environment through ``serve_app.settings``.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, model_validator
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +139,11 @@ class LLMArgs(_Strict):
     # from zero while the question is served by the next pool.
     wake_idle_pools: bool = True
     request_deadline_s: float = Field(default=120.0, gt=0)
-    default_max_tokens: int = Field(default=128, ge=1, le=512)
+    # The most tokens one answer may generate, on every route (/question,
+    # /question/stream, /v1/chat/completions): with the request rate and the
+    # token budget, it bounds what one request can cost the engine.
+    max_tokens_cap: int = Field(default=512, ge=1, le=32768)
+    default_max_tokens: int = Field(default=128, ge=1)
     default_temperature: float = Field(default=0.7, ge=0, le=2)
     # Question text is user content: kept out of the logs unless turned on.
     log_question_text: bool = False
@@ -152,6 +157,8 @@ class LLMArgs(_Strict):
             raise ValueError("model ids must be unique")
         if self.default_model not in ids:
             raise ValueError(f"default_model {self.default_model!r} is not among models {ids}")
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError("default_max_tokens must not exceed max_tokens_cap")
         return self
 
 
@@ -179,10 +186,23 @@ class RateLimitArgs(_Strict):
     enabled: bool = True
     questions: Bucket = Field(default_factory=lambda: Bucket(rate_per_s=2, burst=20))
     users: Bucket = Field(default_factory=lambda: Bucket(rate_per_s=50, burst=200))
-    # Anonymous callers are told apart by address. Behind a load balancer
-    # that is the last X-Forwarded-For entry (the one the balancer added);
-    # without one in front, that header is the client's own and must be ignored.
-    trust_forwarded_for: bool = False
+    # Generated tokens per key/address on the question routes: each answer
+    # reserves its max_tokens up front and gives back what it did not use.
+    # null: count requests only.
+    question_tokens: Bucket | None = Field(default_factory=lambda: Bucket(rate_per_s=64, burst=4096))
+    # Failed API-key checks per client address. Past it, a key that would need
+    # a database lookup is refused with 429 before the lookup.
+    failed_auth: Bucket = Field(default_factory=lambda: Bucket(rate_per_s=0.5, burst=10))
+    # Proxies whose X-Forwarded-For entries are believed (CIDRs). A request
+    # whose peer is in one of them is attributed to the rightmost entry that
+    # is not; from anyone else the header is ignored (the client wrote it).
+    # None locally; on EKS the VPC (the ALB's subnets and the pods', where
+    # Serve's per-node HAProxy hands requests on without adding an entry).
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+
+    @property
+    def proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        return tuple(self.trusted_proxies)  # type: ignore[arg-type]
 
 
 class InputLimits(_Strict):
@@ -203,6 +223,8 @@ class AppArgs(_Strict):
     cache: CacheArgs = Field(default_factory=CacheArgs)
     users_default_limit: int = Field(default=50, ge=1, le=200)
     users_max_limit: int = Field(default=200, ge=1, le=1000)
+    # How long an Idempotency-Key is remembered; expired ones are purged.
+    idempotency_ttl_s: int = Field(default=86_400, ge=60, le=30 * 86_400)
     # None: the app serves users only (unit tests, users benchmark).
     llm: LLMArgs | None = None
 
@@ -222,6 +244,10 @@ class AppArgs(_Strict):
                 "ingress.graceful_shutdown_timeout_s must cover llm.request_deadline_s, "
                 "or a draining replica cuts off questions in flight"
             )
+        tokens = self.rate_limits.question_tokens
+        if self.llm is not None and tokens is not None and tokens.burst < self.llm.max_tokens_cap:
+            raise ValueError("rate_limits.question_tokens.burst must be at least llm.max_tokens_cap, "
+                             "or an answer of max_tokens_cap could never be admitted")
         return self
 
 

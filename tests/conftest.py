@@ -13,7 +13,7 @@ from asgi_lifespan import LifespanManager
 
 from serve_app.auth import create_api_key
 from serve_app.config import AppArgs
-from serve_app.ingress import create_app
+from serve_app.http import create_app
 from serve_app.settings import Settings
 
 # The machine's shared services (trust auth). Tests never stop them; fault
@@ -89,8 +89,8 @@ async def open_client(app, settings: Settings | None = None) -> AsyncIterator[ht
     async with LifespanManager(app, startup_timeout=30) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as client:
-            # The lifespan state (repository, cache), for tests that count queries.
-            client.app_state = manager._state  # type: ignore[attr-defined]
+            # The app's resources (repository, cache, metrics), for tests that count queries.
+            client.resources = app.state.resources  # type: ignore[attr-defined]
             yield client
 
 

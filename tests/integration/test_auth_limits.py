@@ -13,7 +13,7 @@ import pytest
 
 from serve_app import auth
 from serve_app.config import AppArgs
-from serve_app.ingress import create_app
+from serve_app.http import create_app
 from serve_app.settings import Settings
 from tests.conftest import REDIS_URL, open_client
 from tests.integration.test_questions_fake_engine import MODEL, FakeEngine
@@ -49,7 +49,7 @@ async def test_users_need_a_valid_key(settings: Settings) -> None:
         # Health, readiness and the root stay open.
         for path in ("/", "/healthz", "/readyz"):
             assert (await c.get(path)).status_code == 200
-        metrics = c.app_state["metrics"]
+        metrics = c.resources.metrics
         assert metrics.count("auth_failures", reason="invalid") >= 2
         assert metrics.count("auth_failures", reason="missing") >= 2
 
@@ -155,7 +155,7 @@ async def test_over_the_limit_is_429_with_headers(settings: Settings) -> None:
         anon = httpx.AsyncClient(transport=c._transport, base_url="http://test")
         codes = [(await anon.post("/question", json={"question": f"q{i}"})).status_code for i in range(3)]
         assert codes == [200, 200, 429]
-        assert c.app_state["metrics"].count("rate_limited", group="users") == 1
+        assert c.resources.metrics.count("rate_limited", group="users") == 1
 
 
 async def test_limits_are_shared_between_replicas(settings: Settings) -> None:
@@ -177,7 +177,7 @@ async def test_limiter_falls_back_to_local_buckets_without_redis(database: str, 
         assert codes == [200, 200, 200, 429]
         ready = (await c.get("/readyz")).json()["checks"]
         assert ready["rate_limiter"] == "local" and ready["redis"] == "degraded"
-        assert c.app_state["metrics"].count("limiter_local", group="users") == 4
+        assert c.resources.metrics.count("limiter_local", group="users") == 4
 
 
 # -- admission ----------------------------------------------------------------------
@@ -229,3 +229,198 @@ async def test_idempotency_key_returns_the_first_result(client: httpx.AsyncClien
         await conn.close()
     bad = await client.post("/users", json=body, headers={"Idempotency-Key": "x" * 201})
     assert_envelope(bad, 422, "invalid_input")
+
+
+# -- finding 3: forged keys cannot buy a database lookup each ----------------------------
+async def test_forged_keys_are_throttled_per_address_before_the_database(settings: Settings) -> None:
+    real = await auth.create_api_key(settings.database_url, "t", settings)
+    args = AppArgs(rate_limits={"failed_auth": {"rate_per_s": 0.01, "burst": 10}})
+    async for c in _anonymous(create_app(args, settings), settings):
+        lookups = c.resources.keys._repo
+        before = lookups.queries
+        codes = [
+            (await c.get("/users", headers={"Authorization": f"Bearer {auth.new_key()[1]}"})).status_code
+            for _ in range(400)
+        ]
+        assert codes.count(401) == 10 and codes.count(429) == 390, codes[:20]
+        assert lookups.queries - before == 10  # the burst, then none
+        r = await c.get("/users", headers={"Authorization": f"Bearer {auth.new_key()[1]}"})
+        assert_envelope(r, 429, "rate_limited")
+        assert int(r.headers["retry-after"]) >= 1
+        # Another address is not held up, and neither is a key this replica
+        # already verified (no lookup needed).
+        other = httpx.AsyncClient(transport=httpx.ASGITransport(app=c._transport.app, client=("192.0.2.9", 1)),
+                                  base_url="http://test")
+        assert (await other.get("/users", headers={"Authorization": f"Bearer {real}"})).status_code == 200
+        assert (await c.get("/users", headers={"Authorization": f"Bearer {real}"})).status_code == 200
+        # The throttle touched Redis only for the failures.
+        assert c.resources.metrics.count("limiter_local") == 0
+
+
+async def test_concurrent_forged_lookups_of_one_id_are_one_query(settings: Settings) -> None:
+    async for c in _anonymous(create_app(AppArgs(), settings), settings):
+        lookups = c.resources.keys._repo
+        before = lookups.queries
+        forged = {"Authorization": f"Bearer {auth.new_key()[1]}"}
+        codes = await asyncio.gather(*(c.get("/users", headers=forged) for _ in range(8)))
+        assert {r.status_code for r in codes} == {401}
+        assert lookups.queries - before == 1
+
+
+# -- finding 4: X-Forwarded-For only from trusted proxies ------------------------------------
+async def _questions_from(app, xff: list[str], peer: str = "127.0.0.1") -> list[int]:
+    async for c in _anonymous(app, None):
+        transport = httpx.ASGITransport(app=c._transport.app, client=(peer, 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as anon:
+            return [(await anon.post("/question", json={"question": f"q{i}"},
+                                     headers={"X-Forwarded-For": forwarded})).status_code
+                    for i, forwarded in enumerate(xff)]
+    raise AssertionError("unreachable")
+
+
+async def test_forwarded_addresses_from_an_untrusted_peer_are_ignored(settings: Settings) -> None:
+    """The default (and local) config trusts no proxy: 60 questions, each
+    with a made-up X-Forwarded-For, share the peer's one bucket (burst 20)."""
+    app = create_app(AppArgs.model_validate(QUESTIONS), settings, FakeEngine)
+    codes = await _questions_from(app, [f"203.0.113.{i}" for i in range(60)])
+    assert codes.count(200) == 20 and codes.count(429) == 40
+
+
+async def test_forwarded_addresses_from_a_trusted_proxy_are_believed(settings: Settings) -> None:
+    args = AppArgs.model_validate({**QUESTIONS, "rate_limits": {
+        "questions": {"rate_per_s": 0.01, "burst": 2}, "trusted_proxies": ["10.0.0.0/8", "127.0.0.1/32"]}})
+    app = create_app(args, settings, FakeEngine)
+    # Behind the load balancer: each client its own bucket, found at the
+    # right end of the header (what the balancer appended).
+    codes = await _questions_from(app, ["203.0.113.1", "203.0.113.1", "203.0.113.1", "203.0.113.2",
+                                        "198.51.100.7, 10.1.2.3"])
+    assert codes == [200, 200, 429, 200, 200]
+    # What the client wrote left of the balancer's entry is not believed:
+    # forged entries do not mint buckets.
+    codes = await _questions_from(app, [f"192.0.2.{i}, 203.0.113.1" for i in range(3)])
+    assert codes == [429, 429, 429]
+    # A peer that is not a trusted proxy is the client, whatever it says.
+    codes = await _questions_from(app, ["203.0.113.50"] * 3, peer="192.0.2.200")
+    assert codes == [200, 200, 429]
+
+
+# -- finding 5: routes are protected by what they declare, by default the most ---------------
+async def test_a_route_without_a_declaration_is_the_most_protected(settings: Settings) -> None:
+    key = await auth.create_api_key(settings.database_url, "t", settings)
+    app = create_app(AppArgs(auth={"users": "open"}), settings)
+
+    @app.get("/admin/secret")
+    async def secret() -> dict[str, str]:  # added after create_app, with no policy at all
+        return {"secret": "yes"}
+
+    async for c in _anonymous(app, settings):
+        assert_envelope(await c.get("/admin/secret"), 401, "unauthorized")
+        ok = await c.get("/admin/secret", headers={"Authorization": f"Bearer {key}"})
+        assert ok.status_code == 200 and ok.headers["ratelimit-limit"]
+        # The users group itself is open in this config: not because of the path.
+        assert (await c.get("/users")).status_code == 200
+
+
+async def test_protection_holds_under_a_route_prefix(settings: Settings) -> None:
+    """What Serve hands the app under route_prefix /api (ray 2.60 replica.py
+    _direct_ingress_asgi: root_path "/api", path with the prefix kept). The
+    real Serve deployment is in test_serve_users."""
+    async for c in _anonymous(create_app(AppArgs(), settings), settings):
+        for path in ("/users", "/users/1"):
+            r = await c.get(f"/api{path}", extensions={}, headers={}, params={})
+            assert r.status_code == 404  # outside the root path: no route at all
+        transport = httpx.ASGITransport(app=c._transport.app, root_path="/api")
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as prefixed:
+            for path in ("/api/users", "/api/users/1"):
+                assert_envelope(await prefixed.get(path), 401, "unauthorized")
+
+
+# -- finding 7: the body waits for auth; refusals carry their route; nothing escapes -------
+async def test_the_body_is_not_read_before_auth(settings: Settings) -> None:
+    pulled = 0
+
+    async def upload():
+        nonlocal pulled
+        for _ in range(4):
+            pulled += 1
+            yield b" " * (16 * 1024)
+
+    async for c in _anonymous(create_app(AppArgs(), settings), settings):
+        r = await c.post("/users", content=upload(), headers={"content-type": "application/json"})
+        assert_envelope(r, 401, "unauthorized")
+    assert pulled == 0
+
+
+async def test_refusals_are_logged_with_their_route(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    async for c in _anonymous(create_app(_tight(), settings), settings):
+        metrics = c.resources.metrics
+        with caplog.at_level("INFO", logger="serve_app.access"):
+            assert (await c.get("/users/5")).status_code == 401
+            key = await auth.create_api_key(settings.database_url, "t", settings)
+            headers = {"Authorization": f"Bearer {key}"}
+            assert (await c.post("/users", content=b"x" * 9000, headers=headers)).status_code == 413
+            codes = [(await c.get("/users", headers=headers)).status_code for _ in range(3)]
+            assert codes[-1] == 429
+    assert metrics.count("requests", route="/users/{user_id}", status="401") == 1
+    assert metrics.count("requests", route="/users", method="POST", status="413") == 1
+    assert metrics.count("requests", route="/users", method="GET", status="429") == 1
+    assert metrics.count("requests", route="unmatched") == 0
+    routes = {(r.http_route, r.status) for r in caplog.records if hasattr(r, "http_route")}
+    assert {("/users/{user_id}", 401), ("/users", 413), ("/users", 429)} <= routes
+
+
+async def test_an_error_in_a_pipeline_step_is_an_envelope(settings: Settings) -> None:
+    """An unexpected failure in the rate limiter used to surface as
+    Starlette's plain-text 500 (the guard sat outside the error middleware)."""
+    async for c in open_client(create_app(AppArgs(), settings), settings):
+
+        async def broken(*_a, **_k):
+            raise RuntimeError("limiter bug")
+
+        c.resources.limiter.take = broken
+        r = await c.get("/users", headers={"X-Request-Id": "rid-limiter"})
+        assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+        assert r.json()["error"] == {"code": "internal_error", "message": "internal error",
+                                     "request_id": "rid-limiter"}
+        assert "limiter bug" not in r.text
+
+
+# -- finding 7: idempotency keys are per caller and expire -----------------------------------
+async def test_idempotency_keys_are_scoped_per_anonymous_caller(settings: Settings) -> None:
+    """With /users open, two callers using the same Idempotency-Key used to
+    share one scope: the second got a 422 (or the first one's user)."""
+    async for c in _anonymous(create_app(AppArgs(auth={"users": "open"}), settings), settings):
+        headers = {"Idempotency-Key": "shared-key"}
+        a = httpx.AsyncClient(transport=httpx.ASGITransport(app=c._transport.app, client=("192.0.2.1", 1)),
+                              base_url="http://test")
+        b = httpx.AsyncClient(transport=httpx.ASGITransport(app=c._transport.app, client=("192.0.2.2", 1)),
+                              base_url="http://test")
+        first = await a.post("/users", json={"name": "A", "email": "a@example.com"}, headers=headers)
+        second = await b.post("/users", json={"name": "B", "email": "b@example.com"}, headers=headers)
+        assert first.status_code == 200 and second.status_code == 200, second.text
+        assert first.json()["id"] != second.json()["id"] and "idempotent-replayed" not in second.headers
+        again = await a.post("/users", json={"name": "A", "email": "a@example.com"}, headers=headers)
+        assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+
+
+async def test_idempotency_keys_expire_and_are_purged(settings: Settings) -> None:
+    async for c in open_client(create_app(AppArgs(idempotency_ttl_s=3600), settings), settings):
+        headers = {"Idempotency-Key": "old-key"}
+        first = await c.post("/users", json={"name": "Old", "email": "old@example.com"}, headers=headers)
+        assert first.status_code == 200
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute("UPDATE idempotency_keys SET created_at = now() - interval '2 hours'")
+            # Expired: the key is free again (a different body is no conflict)...
+            r = await c.post("/users", json={"name": "New", "email": "new@example.com"}, headers=headers)
+            assert r.status_code == 200 and r.json()["id"] != first.json()["id"], r.text
+            await conn.execute("UPDATE idempotency_keys SET created_at = now() - interval '2 hours'")
+            await conn.execute(
+                "INSERT INTO idempotency_keys (scope, key, request_hash, user_id) VALUES ('s', 'fresh', '', $1)",
+                first.json()["id"],
+            )
+            # ...and the purge deletes the expired rows only.
+            assert await c.resources.maintenance.run_once() == 1
+            assert await conn.fetchval("SELECT array_agg(key) FROM idempotency_keys") == ["fresh"]
+        finally:
+            await conn.close()

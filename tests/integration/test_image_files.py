@@ -50,7 +50,7 @@ assert callable(build_app)
 import httpx
 from asgi_lifespan import LifespanManager
 from serve_app.config import AppArgs
-from serve_app.ingress import create_app
+from serve_app.http import create_app
 from serve_app.settings import Settings
 
 async def main():

@@ -79,3 +79,60 @@ def test_migrate_command(database: str) -> None:
     again = subprocess.run([sys.executable, "-m", "serve_app", "migrate"], env=env, capture_output=True, text=True,
                            timeout=60)
     assert "none pending" in again.stderr
+
+
+# -- the startup runner ---------------------------------------------------------------------
+async def test_the_retry_loop_survives_unexpected_errors() -> None:
+    """Finding 7: an error other than "database unavailable" used to end the
+    retry task silently, and /users answered 503 for ever."""
+    from serve_app.http.resources import Migrations
+
+    calls = 0
+
+    async def migrate() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("database unreachable")
+        if calls == 2:
+            raise RuntimeError("a migration failed half way")
+
+    applied = asyncio.Event()
+
+    async def on_done() -> None:
+        applied.set()
+
+    runner = Migrations(migrate, first_delay_s=0.01, max_delay_s=0.02, on_done=on_done)
+    await runner.start()
+    assert not runner.done and runner.state == "pending: database unavailable (OSError)"
+    await asyncio.wait_for(applied.wait(), 10)
+    await runner.stop()
+    assert runner.done and runner.state == "applied" and calls == 3
+
+
+# -- connection settings on a real server -------------------------------------------------
+async def test_sslmode_in_the_dsn_is_honoured(database: str) -> None:
+    """Finding 6: this server has TLS off (SHOW ssl); a DSN asking for
+    sslmode=require must fail rather than silently connect in plain text."""
+    probe = await asyncpg.connect(database)
+    try:
+        assert await probe.fetchval("SHOW ssl") == "off"
+    finally:
+        await probe.close()
+    with pytest.raises(ConnectionError):
+        await db.connect(Settings(), database + "?sslmode=require")
+    # DATABASE_SSLMODE, when set, decides instead.
+    conn = await db.connect(Settings(database_sslmode="disable"), database + "?sslmode=require")
+    await conn.close()
+
+
+@pytest.mark.parametrize(("timeout_s", "expected"), [(2.0, "2s"), (0.5, "500ms")])
+async def test_statement_timeout_follows_the_client_timeout(database: str, timeout_s: float, expected: str) -> None:
+    """The server stops a statement when the client stops waiting for it
+    (it was a fixed 5 s against a 2 s client timeout)."""
+    pool = await db.create_pool(Settings(db_command_timeout_s=timeout_s), database)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW statement_timeout") == expected
+    finally:
+        await pool.close()

@@ -30,7 +30,7 @@ def log_lines():
 
 
 async def test_request_and_cache_metrics_count_what_happened(client: httpx.AsyncClient) -> None:
-    metrics = client.app_state["metrics"]
+    metrics = client.resources.metrics
     user = (await client.post("/users", json={"name": "M", "email": "m@example.com"})).json()
     for _ in range(5):
         assert (await client.get(f"/users/{user['id']}")).status_code == 200

@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
 from serve_app.auth import create_api_key
 from serve_app.config import AppArgs
 from serve_app.errors import InvalidInput
-from serve_app.ingress import create_app
+from serve_app.http import create_app
 from serve_app.llm_client import ChatResult
 from serve_app.settings import Settings
 from tests.integration.test_questions_fake_engine import MODEL, FakeEngine

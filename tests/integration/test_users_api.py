@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from serve_app.config import AppArgs
-from serve_app.ingress import create_app
+from serve_app.http import create_app
 from serve_app.settings import Settings
 from tests.conftest import REDIS_URL, open_client
 
@@ -126,14 +126,14 @@ async def test_user_is_served_from_cache(client: httpx.AsyncClient, database: st
         await conn.execute("UPDATE users SET name = 'New' WHERE id = $1", user["id"])
     finally:
         await conn.close()
-    repo = client.app_state["repo"]
+    repo = client.resources.repo
     before = repo.queries
     assert (await client.get(f"/users/{user['id']}")).json()["name"] == "Old"
     assert repo.queries == before
 
 
 async def test_missing_user_is_cached_and_invalidated_on_create(client: httpx.AsyncClient) -> None:
-    repo = client.app_state["repo"]
+    repo = client.resources.repo
     first = (await client.post("/users", json={"name": "a", "email": "first@example.com"})).json()
     next_id = first["id"] + 1
     assert (await client.get(f"/users/{next_id}")).status_code == 404
@@ -148,7 +148,7 @@ async def test_missing_user_is_cached_and_invalidated_on_create(client: httpx.As
 async def test_create_invalidates_cached_lists(client: httpx.AsyncClient) -> None:
     await client.post("/users", json={"name": "a", "email": "l1@example.com"})
     assert len((await client.get("/users")).json()) == 1
-    repo = client.app_state["repo"]
+    repo = client.resources.repo
     before = repo.queries
     assert len((await client.get("/users")).json()) == 1
     assert repo.queries == before  # cached
@@ -161,8 +161,8 @@ async def test_cache_ttl_is_configurable(settings: Settings) -> None:
     async for c in open_client(create_app(args, settings), settings):
         user = (await c.post("/users", json={"name": "t", "email": "ttl@example.com"})).json()
         await c.get(f"/users/{user['id']}")
-        key = c.app_state["cache"].user_key(user["id"])
-        redis = c.app_state["cache"]._redis
+        key = c.resources.cache.user_key(user["id"])
+        redis = c.resources.cache._redis
         ttl = await redis.ttl(key)
         assert 0 < ttl <= 1
 
@@ -173,7 +173,7 @@ async def test_stampede_costs_one_query(settings: Settings) -> None:
     args = AppArgs(rate_limits={"enabled": False}, ingress={"max_ongoing_requests": 256})
     async for client in open_client(create_app(args, settings), settings):
         user = (await client.post("/users", json={"name": "hot", "email": "hot@example.com"})).json()
-        repo = client.app_state["repo"]
+        repo = client.resources.repo
         before = repo.queries
         responses = await asyncio.gather(*(client.get(f"/users/{user['id']}") for _ in range(200)))
         assert all(r.status_code == 200 and r.json() == user for r in responses)
@@ -266,3 +266,32 @@ async def test_hung_postgres_is_bounded_503(database: str, redis_prefix: str) ->
             assert elapsed < 4, elapsed
     finally:
         server.close()
+
+
+async def test_a_read_racing_a_create_does_not_cache_missing(client: httpx.AsyncClient) -> None:
+    """Finding 7: a GET that finds no row, then loses the race to a POST
+    creating that very id, used to cache "missing" for the whole TTL."""
+    first = (await client.post("/users", json={"name": "a", "email": "race1@example.com"})).json()
+    next_id = first["id"] + 1
+    repo = client.resources.repo
+    real_get = repo.get
+    looked_up = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_get(user_id: int):
+        row = await real_get(user_id)  # the SELECT runs before the create commits...
+        looked_up.set()
+        await release.wait()  # ...and the result is stored only after it
+        return row
+
+    repo.get = slow_get
+    try:
+        reader = asyncio.create_task(client.get(f"/users/{next_id}"))
+        await asyncio.wait_for(looked_up.wait(), 10)
+        created = (await client.post("/users", json={"name": "b", "email": "race2@example.com"})).json()
+        assert created["id"] == next_id
+        release.set()
+        assert (await reader).status_code == 404  # what it saw, fairly
+    finally:
+        repo.get = real_get
+    assert (await client.get(f"/users/{next_id}")).json() == created

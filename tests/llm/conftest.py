@@ -44,6 +44,9 @@ def llm_test_args() -> dict:
     args["llm"].update(
         pool_preference=["primary", "fallback", "gpu"],
         request_deadline_s=DEADLINE_S,
+        # The deadline test needs an answer longer than DEADLINE_S takes here
+        # (512 tokens, the default cap, can finish within it).
+        max_tokens_cap=2048,
         default_max_tokens=32,
         models=[
             {"model_id": DEFAULT_MODEL_ID, "source": str(MODEL_DIR), "pools": [primary, fallback]},

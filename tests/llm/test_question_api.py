@@ -165,6 +165,32 @@ def test_openai_client_round_trip(llm_app) -> None:
     assert text.strip()
 
 
+async def test_vllms_benchmark_client_on_the_real_engine(llm_app) -> None:
+    """One request of ``vllm bench serve --backend openai-chat`` (random
+    dataset: ignore_eos) through /v1 to the real engine: every field the
+    benchmark sends passes our allow-list and vLLM's own validation."""
+    import aiohttp
+    from vllm.benchmarks.lib.endpoint_request_func import RequestFuncInput, async_request_openai_chat_completions
+
+    async with aiohttp.ClientSession() as session:
+        out = await async_request_openai_chat_completions(
+            RequestFuncInput(prompt=unique_question("Tell me about the sea."), prompt_len=8, output_len=16,
+                             api_url=f"{llm_app.url}/v1/chat/completions", model=DEFAULT_MODEL_ID, ignore_eos=True,
+                             extra_body={"temperature": 0.0, "top_p": 0.9, "top_k": 20}),
+            session,
+        )
+    assert out.success, out.error
+    assert out.output_tokens == 16 and out.ttft > 0
+
+
+def test_engine_fields_outside_the_allow_list_never_reach_the_engine(llm_app) -> None:
+    for extra in ({"n": 8}, {"use_beam_search": True, "n": 4}, {"min_tokens": 400}, {"prompt_logprobs": 20},
+                  {"max_tokens": 4096, "ignore_eos": True}):
+        r = httpx.post(f"{llm_app.url}/v1/chat/completions", timeout=30,
+                       json={"model": DEFAULT_MODEL_ID, "messages": [{"role": "user", "content": "hi"}], **extra})
+        assert r.status_code == 422, (extra, r.text)
+
+
 def test_unknown_model_is_404(llm_app) -> None:
     r = httpx.post(f"{llm_app.url}/v1/chat/completions",
                    json={"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}, timeout=30)
@@ -252,9 +278,10 @@ def test_dashboard_queries_name_live_metrics(llm_app) -> None:
     from tests.unit.test_grafana_dashboard import dashboard_metric_names
 
     theirs = {n for n in dashboard_metric_names() if not n.startswith("ray_qa_")}
-    # A streamed answer records time to first token and an answer-cache lookup.
+    # A streamed answer records time to first token and (greedy, so shareable)
+    # an answer-cache lookup.
     with httpx.stream("POST", f"{llm_app.url}/question/stream",
-                      json={"question": unique_question(), "max_tokens": 8}, timeout=60) as r:
+                      json={"question": unique_question(), "max_tokens": 8, "temperature": 0}, timeout=60) as r:
         assert r.status_code == 200
         r.read()
     live: set[str] = set()

@@ -100,3 +100,57 @@ def test_model_sources() -> None:
     assert resolve_model_source("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert resolve_model_source("/abs/path").startswith("/abs/path")
     assert resolve_model_source("models/SmolLM2-135M-Instruct").endswith("/models/SmolLM2-135M-Instruct")
+
+
+def test_token_caps_are_consistent() -> None:
+    llm = {"models": [{"model_id": "m", "pools": [{"name": "cpu"}]}], "default_model": "m"}
+    with pytest.raises(ValidationError, match="default_max_tokens"):
+        AppArgs.model_validate({"llm": {**llm, "max_tokens_cap": 64, "default_max_tokens": 128}})
+    # A budget smaller than one answer at the cap would refuse such answers for ever.
+    with pytest.raises(ValidationError, match=r"question_tokens\.burst"):
+        AppArgs.model_validate({"llm": llm, "rate_limits": {"question_tokens": {"rate_per_s": 10, "burst": 100}}})
+    AppArgs.model_validate({"llm": llm, "rate_limits": {"question_tokens": None}})
+
+
+def test_the_old_forwarded_for_switch_is_gone() -> None:
+    """trust_forwarded_for trusted anyone's X-Forwarded-For (finding 4): a
+    config still carrying it must fail the deploy, not be ignored."""
+    with pytest.raises(ValidationError, match="trust_forwarded_for"):
+        AppArgs.model_validate({"rate_limits": {"trust_forwarded_for": True}})
+    assert app_args_from_serve_config().rate_limits.trusted_proxies == []
+
+
+@pytest.mark.parametrize("overlay", ["test", "prod"])
+def test_eks_overlays_trust_exactly_their_vpc_and_loopback(overlay: str) -> None:
+    """The proxies in front of the replicas on EKS: the ALB (in the VPC of
+    infra/live/<env>/env.hcl) and Serve's HAProxy (loopback on the same node,
+    the pod's VPC address otherwise)."""
+    import re
+    from ipaddress import ip_network
+
+    from devtools.kuberay_gen import extract_serve_config
+    from serve_app.config import REPO_ROOT
+
+    env = (REPO_ROOT / "infra" / "live" / overlay / "env.hcl").read_text()
+    vpc = re.search(r'vpc_cidr\s*=\s*"([^"]+)"', env).group(1)  # type: ignore[union-attr]
+    args = AppArgs.model_validate(extract_serve_config(overlay)["applications"][0]["args"])
+    assert set(args.rate_limits.trusted_proxies) == {ip_network(vpc), ip_network("127.0.0.0/8"),
+                                                     ip_network("::1/128")}
+
+
+def test_the_service_imports_no_tooling() -> None:
+    """serve_app/ is what the images run: it never imports the tools around it."""
+    import ast
+    from pathlib import Path
+
+    import serve_app
+
+    root = Path(serve_app.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names
+                          if n.split(".")[0] in ("devtools", "tests", "loadtests")]
+    assert not offenders, offenders

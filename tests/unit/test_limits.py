@@ -1,5 +1,5 @@
 """Input limits (body size, JSON depth) and the documented error envelope, on
-bare ASGI apps: no network, no database."""
+bare ASGI apps and the real app's OpenAPI: no network, no database."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from referencing import Registry, Resource
@@ -21,12 +21,17 @@ from referencing.jsonschema import DRAFT202012
 from starlette.types import Message, Receive, Scope, Send
 
 import serve_app
-from serve_app.config import InputLimits
-from serve_app.errors import NotFound, install_error_handlers
-from serve_app.limits import InputLimitsMiddleware, document_error_responses, exceeds_json_depth
-from serve_app.request_id import RequestIdMiddleware
+from serve_app.config import AppArgs
+from serve_app.errors import AppError, NotFound
+from serve_app.http import create_app, policy
+from serve_app.http.body import exceeds_json_depth, read_capped
+from serve_app.http.errors import install_handlers
+from serve_app.http.factory import middleware
+from serve_app.metrics import AppMetrics
+from serve_app.settings import Settings
 
-LIMITS = InputLimits(max_body_bytes=1024, max_json_depth=4)
+CAP = 1024
+DEPTH = 4
 
 
 # -- the depth scan -------------------------------------------------------------------
@@ -65,7 +70,7 @@ def test_json_depth_scan_stops_early_and_stays_cheap_on_wide_bodies() -> None:
     assert elapsed < 1.0
 
 
-# -- the middleware on a recording app ----------------------------------------------
+# -- the body step on a recording app --------------------------------------------------
 class Recorder:
     """An inner app that reads the whole body like FastAPI does and echoes its size."""
 
@@ -78,13 +83,12 @@ class Recorder:
         self.calls += 1
         self.receive = receive
         body = b""
-        if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
-            while True:
-                message = await receive()
-                self.messages.append(message)
-                body += message.get("body", b"")
-                if message["type"] != "http.request" or not message.get("more_body"):
-                    break
+        while True:
+            message = await receive()
+            self.messages.append(message)
+            body += message.get("body", b"")
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
         await JSONResponse({"bytes": len(body)})(scope, receive, send)
 
 
@@ -115,10 +119,6 @@ class Server:
         return self.sent[0]["status"]
 
     @property
-    def headers(self) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.sent[0]["headers"]}
-
-    @property
     def json(self) -> Any:
         return json.loads(b"".join(m.get("body", b"") for m in self.sent[1:]))
 
@@ -127,71 +127,53 @@ def _chunks(*parts: bytes) -> list[Message]:
     return [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
 
 
-async def _run(scope: Scope, messages: list[Message]) -> tuple[Recorder, Server]:
+async def _run(scope: Scope, messages: list[Message]) -> tuple[Recorder, Server, AppError | None]:
+    """The body step, then the recording app with what the step replays."""
     inner = Recorder()
     server = Server(messages)
-    await InputLimitsMiddleware(inner, LIMITS)(scope, server.receive, server.send)
-    return inner, server
-
-
-@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
-async def test_bodyless_methods_reach_the_app_untouched(method: str) -> None:
-    inner = Recorder()
-    server = Server([])
-    # Even a (bogus) oversize declaration: these methods are not inspected at all.
-    scope = _scope(method, {"content-length": "999999"})
-    await InputLimitsMiddleware(inner, LIMITS)(scope, server.receive, server.send)
-    assert inner.receive == server.receive  # the server's own callable, not a wrapper
-    assert server.received == 0 and server.status == 200
-
-
-async def test_non_http_scopes_pass_through() -> None:
-    seen: list[str] = []
-
-    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
-
-    server = Server([])
-    await InputLimitsMiddleware(inner, LIMITS)({"type": "lifespan"}, server.receive, server.send)
-    assert seen == ["lifespan"]
+    try:
+        replay = await read_capped(scope, server.receive, CAP, DEPTH)
+    except AppError as exc:
+        return inner, server, exc
+    await inner(scope, replay, server.send)
+    return inner, server, None
 
 
 async def test_declared_oversize_is_413_before_reading() -> None:
-    inner, server = await _run(_scope(headers={"content-length": "1025"}), _chunks(b"x" * 1025))
-    assert server.status == 413 and server.received == 0 and inner.calls == 0
-    assert server.headers["connection"] == "close"
-    assert server.json["error"]["code"] == "payload_too_large"
-    assert "1024" in server.json["error"]["message"]
+    inner, server, exc = await _run(_scope(headers={"content-length": "1025"}), _chunks(b"x" * 1025))
+    assert exc is not None and exc.status_code == 413 and server.received == 0 and inner.calls == 0
+    assert exc.headers["Connection"] == "close"
+    assert exc.code == "payload_too_large" and "1024" in exc.message
 
 
 async def test_absurd_content_length_is_413() -> None:
-    _, server = await _run(_scope(headers={"content-length": "9" * 5000}), [])
-    assert server.status == 413 and server.received == 0
+    _, server, exc = await _run(_scope(headers={"content-length": "9" * 5000}), [])
+    assert exc is not None and exc.status_code == 413 and server.received == 0
 
 
 async def test_streamed_body_is_cut_off_when_it_passes_the_cap() -> None:
     parts = [b"x" * 400] * 10  # 4000 bytes in chunks, no Content-Length
-    inner, server = await _run(_scope(headers={"transfer-encoding": "chunked"}), _chunks(*parts))
-    assert server.status == 413 and inner.calls == 0
+    inner, server, exc = await _run(_scope(headers={"transfer-encoding": "chunked"}), _chunks(*parts))
+    assert exc is not None and exc.status_code == 413 and inner.calls == 0
     assert server.received == 3  # stopped at the chunk that passed 1024, the rest never read
-    assert server.headers["connection"] == "close"
+    assert exc.headers["Connection"] == "close"
 
 
 async def test_body_at_the_cap_is_replayed_whole() -> None:
-    inner, server = await _run(_scope(headers={"content-length": "1024"}), _chunks(b"a" * 600, b"b" * 424))
-    assert server.status == 200 and server.json == {"bytes": 1024}
+    inner, server, exc = await _run(_scope(headers={"content-length": "1024"}), _chunks(b"a" * 600, b"b" * 424))
+    assert exc is None and server.status == 200 and server.json == {"bytes": 1024}
     assert inner.messages == [{"type": "http.request", "body": b"a" * 600 + b"b" * 424, "more_body": False}]
 
 
 async def test_after_the_replay_receive_reaches_the_server() -> None:
-    inner, _ = await _run(_scope(), _chunks(b"{}"))
+    inner, _, _ = await _run(_scope(), _chunks(b"{}"))
     assert inner.receive is not None
     # What a streaming response listens for once the body has been read.
     assert await inner.receive() == {"type": "http.disconnect"}
 
 
 async def test_client_leaving_mid_upload_is_seen_by_the_app() -> None:
-    inner, _ = await _run(_scope(), [*_chunks(b"abc", b"def")[:1], {"type": "http.disconnect"}])
+    inner, _, _ = await _run(_scope(), [*_chunks(b"abc", b"def")[:1], {"type": "http.disconnect"}])
     assert inner.messages == [
         {"type": "http.request", "body": b"abc", "more_body": True},
         {"type": "http.disconnect"},
@@ -201,30 +183,32 @@ async def test_client_leaving_mid_upload_is_seen_by_the_app() -> None:
 @pytest.mark.parametrize("content_type", [None, "application/json", "text/plain", "application/vnd.x+json"])
 async def test_deep_json_is_422_before_the_app(content_type: str | None) -> None:
     headers = {"content-type": content_type} if content_type else {}
-    inner, server = await _run(_scope(headers=headers), _chunks(b"[[[[[1]]]]]"))
-    assert server.status == 422 and inner.calls == 0
-    assert server.json["error"]["code"] == "invalid_input"
-    assert "deeper than 4" in server.json["error"]["message"]
-    assert "connection" not in server.headers  # the body was read whole: the connection stays usable
+    inner, _, exc = await _run(_scope(headers=headers), _chunks(b"[[[[[1]]]]]"))
+    assert exc is not None and exc.status_code == 422 and inner.calls == 0
+    assert exc.code == "invalid_input" and "deeper than 4" in exc.message
+    assert "Connection" not in exc.headers  # the body was read whole: the connection stays usable
 
 
 async def test_form_bodies_are_not_depth_checked() -> None:
-    inner, server = await _run(_scope(headers={"content-type": "application/x-www-form-urlencoded"}),
-                               _chunks(b"a=" + b"[" * 50))
-    assert server.status == 200 and inner.calls == 1
+    inner, server, exc = await _run(_scope(headers={"content-type": "application/x-www-form-urlencoded"}),
+                                    _chunks(b"a=" + b"[" * 50))
+    assert exc is None and server.status == 200 and inner.calls == 1
 
 
-# -- through the whole envelope stack, over httpx --------------------------------------
-def _app(limits: InputLimits = LIMITS) -> FastAPI:
-    app = FastAPI()
-    app.add_middleware(InputLimitsMiddleware, limits=limits)
-    app.add_middleware(RequestIdMiddleware)
-    install_error_handlers(app)
+# -- through the whole pipeline, over httpx --------------------------------------------
+def _app() -> FastAPI:
+    """The service's middlewares and error handlers around one public route
+    with a body cap (public: no auth step, so no database needed)."""
+    app = FastAPI(middleware=middleware(AppMetrics()))
+    install_handlers(app)
+    router = APIRouter(route_class=policy.Protection("public", body_bytes=CAP).route_class())
 
-    @app.post("/echo")
+    @router.post("/echo")
     async def echo(body: dict[str, Any]) -> dict[str, Any]:
         return body
 
+    app.include_router(router)
+    policy.apply(app, AppArgs(limits={"max_json_depth": DEPTH, "max_body_bytes": 1024}))
     return app
 
 
@@ -245,6 +229,7 @@ def _envelope(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
 async def test_errors_carry_the_request_id(client: httpx.AsyncClient) -> None:
     r = await client.post("/echo", content=b"x" * 2000, headers={"x-request-id": "rid-413"})
     assert _envelope(r, 413, "payload_too_large")["error"]["request_id"] == "rid-413"
+    assert r.headers["connection"] == "close"
     _envelope(await client.post("/echo", json={"a": [[[[1]]]]}), 422, "invalid_input")
 
 
@@ -264,72 +249,77 @@ async def test_valid_json_reaches_the_route(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and r.json() == {"a": [[[1]]], "s": "[[[[[[[["}
 
 
-# -- the OpenAPI declaration -----------------------------------------------------------
+# -- the OpenAPI declaration of the real app -------------------------------------------
+LLM = {"llm": {"models": [{"model_id": "m", "pools": [{"name": "cpu"}]}], "default_model": "m"}}
+
+
+def _spec() -> dict[str, Any]:
+    app = create_app(AppArgs.model_validate(LLM), Settings(database_url="postgresql://unused/x"))
+    return app.openapi()
+
+
+def test_openapi_declares_the_envelope_for_errors() -> None:
+    spec = _spec()
+    envelope = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
+    paths = spec["paths"]
+
+    def errors(path: str, method: str) -> dict[str, Any]:
+        return {s: r.get("content") for s, r in paths[path][method]["responses"].items() if s != "200"}
+
+    # Body routes: the body step's errors, the pipeline's, their own.
+    assert errors("/users", "post") == dict.fromkeys(["400", "401", "409", "413", "422", "429", "503"], envelope)
+    assert errors("/question", "post") == dict.fromkeys(["400", "401", "413", "422", "429", "503", "504"], envelope)
+    assert {"404", "413", "422", "504"} <= set(errors("/v1/chat/completions", "post"))
+    # No body, no body limit; the pipeline's errors and the route's own.
+    assert errors("/users/{user_id}", "get") == dict.fromkeys(["401", "404", "422", "429", "503"], envelope)
+    assert errors("/healthz", "get") == {}
+    assert "content" not in paths["/readyz"]["get"]["responses"]["503"]  # readiness has its own body
+    schemas = spec["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
+
+
+def test_openapi_documents_the_caps() -> None:
+    schemas = _spec()["components"]["schemas"]
+    chat = schemas["ChatCompletionRequest"]
+    assert chat["additionalProperties"] is False
+    assert chat["properties"]["max_tokens"]["anyOf"][0]["maximum"] == 512
+    assert chat["properties"]["max_completion_tokens"]["anyOf"][0]["maximum"] == 512
+    assert chat["properties"]["messages"]["maxItems"] == 64
+    assert "n" in chat["properties"] and "best_of" not in chat["properties"]
+    assert schemas["QuestionRequest"]["properties"]["max_tokens"]["anyOf"][0]["maximum"] == 512
+
+
 class Item(BaseModel):
     name: str
 
 
-def _documented_app() -> FastAPI:
-    app = FastAPI()
-    app.add_middleware(RequestIdMiddleware)
-    install_error_handlers(app)
-
-    @app.post("/items", responses={409: {"description": "taken"}})
-    async def create(item: Item) -> Item:
-        return item
-
-    @app.get("/items/{n}", responses={404: {"description": "no such item"}})
-    async def get(n: int) -> Item:
-        raise NotFound(f"item {n} not found")
-
-    @app.get("/ready", responses={503: {"description": "not ready"}})
-    async def ready() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.post("/raw")
-    async def raw() -> dict[str, str]:
-        return {}
-
-    document_error_responses(app)
-    return app
-
-
-def test_openapi_declares_the_envelope_for_errors() -> None:
-    app = _documented_app()
-    spec = app.openapi()
-    envelope = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
-    paths = spec["paths"]
-    assert {s: r.get("content") for s, r in paths["/items"]["post"]["responses"].items() if s != "200"} == {
-        "400": envelope, "409": envelope, "413": envelope, "422": envelope,
-    }
-    assert paths["/items/{n}"]["get"]["responses"]["404"]["content"] == envelope
-    assert paths["/items/{n}"]["get"]["responses"]["422"]["content"] == envelope
-    assert "413" not in paths["/items/{n}"]["get"]["responses"]  # no body, no body limit
-    assert "content" not in paths["/ready"]["get"]["responses"]["503"]  # 5xx left as the route says
-    assert {"400", "413", "422"} <= set(paths["/raw"]["post"]["responses"])  # the middleware applies by method
-    schemas = spec["components"]["schemas"]
-    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
-    assert app.openapi() == spec  # repeated calls do not stack
-
-
 async def test_actual_error_bodies_conform_to_the_declared_schema() -> None:
-    app = _documented_app()
-    spec = app.openapi()
+    spec = _spec()
     registry = Registry().with_resource("urn:spec", Resource.from_contents(spec, default_specification=DRAFT202012))
     validator = jsonschema.Draft202012Validator(
         {"$ref": "urn:spec#/components/schemas/ErrorEnvelope"}, registry=registry
     )
+    app = _app()
+    router = APIRouter(route_class=policy.Protection("public").route_class())
+
+    @router.get("/items/{n}")
+    async def get(n: int) -> Item:
+        raise NotFound(f"item {n} not found")
+
+    app.include_router(router)
+    policy.apply(app, AppArgs())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         responses = [
             await c.get("/items/7"),
             await c.get("/items/x"),
-            await c.post("/items", json={"name": 5}),
-            await c.post("/items", content=b'{"name": "\xff"}', headers={"content-type": "application/json"}),
+            await c.post("/echo", json=[1]),
+            await c.post("/echo", content=b'{"name": "\xff"}', headers={"content-type": "application/json"}),
+            await c.post("/echo", content=b"x" * 5000),
+            await c.get("/nowhere"),
         ]
-    assert [r.status_code for r in responses] == [404, 422, 422, 400]
+    assert [r.status_code for r in responses] == [404, 422, 422, 400, 413, 404]
     for r in responses:
         validator.validate(r.json())
-
 
 
 # -- SQL sees input only as parameters -------------------------------------------------
@@ -369,7 +359,7 @@ def test_sql_text_is_built_from_constants_only() -> None:
     """Request data reaches PostgreSQL only as $n parameters: catches a future
     f"... WHERE name = '{name}'" before it ships."""
     checked, offenders = 0, []
-    for path in sorted(Path(serve_app.__file__).parent.glob("*.py")):
+    for path in sorted(Path(serve_app.__file__).parent.rglob("*.py")):
         n, bad = _unsafe_sql(path.read_text(), path.name)
         checked += n
         offenders += bad
