@@ -85,33 +85,46 @@ def test_cold_and_cached_latency_over_serve(users_app) -> None:
     assert statistics.median(warm) < 1.0
 
 
-def _scrape(cluster, route: str, status: str) -> float:
+def _scrape_series(cluster, route: str, method: str, status: str) -> float:
     total = 0.0
     for line in cluster.metrics().splitlines():
-        if line.startswith("ray_qa_http_requests") and f'route="{route}"' in line and f'status="{status}"' in line:
+        if (line.startswith("ray_qa_http_requests") and f'route="{route}"' in line
+                and f'method="{method}"' in line and f'status="{status}"' in line):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
 
 def test_request_metrics_reach_the_metrics_endpoint(users_app) -> None:
-    before = _scrape(users_app, "/healthz", "200")
+    # A series no other request produces (POST /healthz is a 405), so no
+    # earlier request still on its way to the exporter can move it.
+    assert _scrape_series(users_app, "/healthz", "POST", "405") == 0
     for _ in range(7):
-        assert httpx.get(users_app.url + "/healthz").status_code == 200
+        assert httpx.post(users_app.url + "/healthz").status_code == 405
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _scrape(users_app, "/healthz", "200") < before + 7:
+    while time.monotonic() < deadline and _scrape_series(users_app, "/healthz", "POST", "405") < 7:
         time.sleep(0.5)
-    assert _scrape(users_app, "/healthz", "200") == before + 7
+    assert _scrape_series(users_app, "/healthz", "POST", "405") == 7
 
 
 def test_no_email_or_name_in_any_log(users_app) -> None:
     email = f"private.person.{uuid.uuid4().hex[:8]}@example.com"
     with httpx.Client(base_url=users_app.url, timeout=10, headers=users_app.api_headers) as c:
         assert c.post("/users", json={"name": "Private Person", "email": email}).status_code == 200
-        assert c.post("/users", json={"name": "Private Person", "email": email}).status_code == 409
-    time.sleep(2)  # log files are flushed asynchronously
-    files = users_app.log_files("logs/serve/*.log") + users_app.log_files("logs/worker-*")
-    assert files
-    leaks = [f.name for f in files if email in f.read_text(errors="replace")]
+        conflict = c.post("/users", json={"name": "Private Person", "email": email})
+        assert conflict.status_code == 409
+    rid = conflict.json()["error"]["request_id"]
+
+    def logs() -> dict[str, str]:
+        files = users_app.log_files("logs/serve/*.log") + users_app.log_files("logs/worker-*")
+        return {f.name: f.read_text(errors="replace") for f in files}
+
+    # Log files are written asynchronously: wait until the 409's own access
+    # line is there, so everything these requests logged has been written.
+    deadline = time.monotonic() + 30
+    while not any(rid in text for text in logs().values()):
+        assert time.monotonic() < deadline, f"request {rid} never reached the logs"
+        time.sleep(0.2)
+    leaks = [name for name, text in logs().items() if email in text]
     assert not leaks, leaks
 
 
@@ -136,6 +149,36 @@ def test_local_prometheus_scrapes_the_app_metrics(users_app, tmp_path) -> None:
         assert result, "Prometheus never scraped the app's request counter"
     finally:
         stop_prometheus(tmp_path)
+
+
+def test_an_invalid_request_id_is_replaced_over_serve(users_app) -> None:
+    """Serve takes the client's X-Request-Id as is; ours must not end up in
+    error bodies, logs or engine requests unvalidated."""
+    bad = "x" * 300
+    r = httpx.get(users_app.url + "/users/987654321", headers={**users_app.api_headers, "X-Request-Id": bad})
+    assert r.status_code == 404
+    rid = r.json()["error"]["request_id"]
+    assert rid != bad and len(rid) == 32 and int(rid, 16) >= 0
+
+
+def test_routes_stay_protected_under_a_route_prefix(users_app, session_database, session_api_key) -> None:
+    """Finding 5, on real Serve: under route_prefix /api, Ray 2.60 keeps the
+    full path (/api/users); protection comes from the route, not the path.
+    Redeploys the app: runs after the tests that need it at "/" (the
+    replicas test after it deploys its own config)."""
+    config = users_app.serve_config(
+        args_from_serve_config(llm=None),
+        {"DATABASE_URL": session_database, "REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": f"t-{uuid.uuid4().hex}"},
+    )
+    config["applications"][0]["route_prefix"] = "/api"
+    users_app.deploy(config)
+    with httpx.Client(base_url=users_app.url + "/api", timeout=10) as c:
+        for path in ("/users", "/users/1"):
+            r = c.get(path)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
+        assert c.get("/users", headers=users_app.api_headers).status_code == 200
+        assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.get("/openapi.json").json()["servers"] == [{"url": "/api"}]
 
 
 def test_rate_limit_holds_across_two_ingress_replicas(users_app, session_database, session_api_key) -> None:
