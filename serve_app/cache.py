@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from serve_app.metrics import AppMetrics
 from serve_app.settings import Settings
-from serve_app.singleflight import SingleFlight
+from serve_app.singleflight import MISS, SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,10 @@ return 0
 """
 
 
-def create_redis(settings: Settings, url: str) -> Redis:
+def create_redis(settings: Settings, url: str, max_connections: int | None = None) -> Redis:
+    """``max_connections``: redis-py 8's pool refuses past 100 by default
+    (``MaxConnectionsError``, which the breaker takes for an outage); the
+    ingress sizes it to what it admits at once."""
     kwargs: dict[str, Any] = {
         "socket_timeout": settings.redis_socket_timeout_s,
         "socket_connect_timeout": settings.redis_connect_timeout_s,
@@ -52,6 +55,8 @@ def create_redis(settings: Settings, url: str) -> Redis:
         "health_check_interval": 30,
         "decode_responses": False,
     }
+    if max_connections is not None:
+        kwargs["max_connections"] = max_connections
     if url.startswith("rediss://") and settings.redis_ssl_ca_certs:
         kwargs["ssl_ca_certs"] = str(settings.redis_ssl_ca_certs)
     return Redis.from_url(url, **kwargs)
@@ -191,28 +196,30 @@ class Cache:
         """
         if ttl_s <= 0:
             return await loader()
-        flight, started = self._flights.start_or_join(
-            key, lambda: self._read_through(key, loader, ttl_s, cache_none, name, negative_guard)
+        guard: bytes | None = None
+
+        async def probe() -> Any:
+            nonlocal guard
+            if cache_none and negative_guard is not None:
+                # Read before the load: a create that commits after this
+                # point bumps it, and then "missing" is not stored.
+                cached, guard = await self._get_two(key, negative_guard)
+            else:
+                cached = await self.get_json(key)
+            self._metrics.cache_lookup(name, hit=cached is not None)
+            return MISS if cached is None else cached
+
+        value, shared = await self._flights.probe_then_load(
+            key, probe, lambda: self._load(key, loader, ttl_s, cache_none, negative_guard, guard)
         )
-        if not started:
+        if shared:
             self._metrics.cache_lookup(name, hit=True)
-        value = await self._flights.wait(flight)
         return None if value == _MISSING else value
 
-    async def _read_through(
-        self, key: str, loader: Callable[[], Awaitable[Any]], ttl_s: int, cache_none: bool, name: str,
-        negative_guard: str | None,
+    async def _load(
+        self, key: str, loader: Callable[[], Awaitable[Any]], ttl_s: int, cache_none: bool,
+        negative_guard: str | None, guard: bytes | None,
     ) -> Any:
-        guard: bytes | None = None
-        if cache_none and negative_guard is not None:
-            # Read before the load: a create that commits after this point
-            # bumps it, and then "missing" is not stored.
-            cached, guard = await self._get_two(key, negative_guard)
-        else:
-            cached = await self.get_json(key)
-        self._metrics.cache_lookup(name, hit=cached is not None)
-        if cached is not None:
-            return cached
         value = await loader()
         if value is not None:
             await self.set_json(key, value, ttl_s)

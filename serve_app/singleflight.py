@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+MISS: Any = object()  # what a probe returns when it found nothing
+_RETRY: Any = object()  # what a probe's waiters get when its caller left
 
 
 class Flight(Generic[T]):
@@ -31,6 +34,8 @@ class SingleFlight(Generic[T]):
 
     def __init__(self, *, cancel_abandoned: bool = False) -> None:
         self._flights: dict[str, Flight[T]] = {}
+        # Keys whose cheap probe (a cache read) one caller is making now.
+        self._probes: dict[str, asyncio.Future[Any]] = {}
         self._cancel_abandoned = cancel_abandoned
 
     def __len__(self) -> int:
@@ -67,6 +72,45 @@ class SingleFlight(Generic[T]):
     async def do(self, key: str, work: Callable[[], Awaitable[T]]) -> T:
         flight, _ = self.start_or_join(key, work)
         return await self.wait(flight)
+
+    async def probe_then_load(
+        self, key: str, probe: Callable[[], Awaitable[Any]], load: Callable[[], Awaitable[T]]
+    ) -> tuple[Any, bool]:
+        """``probe()`` (a cache read) in the caller's own task, then, if it
+        returns ``MISS``, ``load()`` as a shared flight. Concurrent callers for
+        ``key`` wait for the one probe, then join the one load: a burst on a
+        cold key costs one probe and one load, and a hit costs no task.
+
+        Returns the value and whether this caller shared someone else's work.
+        """
+        while True:
+            flight = self._flights.get(key)
+            if flight is not None:
+                return await self.wait(flight), True
+            pending = self._probes.get(key)
+            if pending is not None:
+                outcome = await asyncio.shield(pending)
+                if outcome is _RETRY:  # its caller left before deciding: try again
+                    continue
+                if isinstance(outcome, Flight):
+                    return await self.wait(outcome), True
+                return outcome, True
+            break
+        mine: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._probes[key] = mine
+        outcome: Any = _RETRY
+        try:
+            value = await probe()
+            if value is not MISS:
+                outcome = value
+                return value, False
+            flight, _ = self.start_or_join(key, load)
+            outcome = flight
+        finally:
+            if self._probes.get(key) is mine:
+                del self._probes[key]
+            mine.set_result(outcome)
+        return await self.wait(flight), False
 
     def _forget(self, flight: Flight[T]) -> None:
         if self._flights.get(flight.key) is flight:

@@ -17,7 +17,7 @@ from serve_app.http import policy
 from serve_app.http.errors import install_handlers
 from serve_app.http.factory import middleware
 from serve_app.metrics import AppMetrics
-from serve_app.singleflight import SingleFlight
+from serve_app.singleflight import MISS, SingleFlight
 
 
 def _app() -> FastAPI:
@@ -231,3 +231,33 @@ def test_answer_key_normalizes_text_but_not_parameters() -> None:
 def test_who_may_share_an_answer(params: dict, no_cache: bool, shareable: bool) -> None:
     defaults = {"max_tokens": 128, "temperature": 0.7}
     assert Cache.answer_is_shareable(params, defaults, no_cache=no_cache) is shareable
+
+
+async def test_a_prober_that_leaves_hands_over_to_the_others() -> None:
+    """The caller reading the cache for everyone goes away mid-read: the
+    others try again themselves rather than fail."""
+    flights: SingleFlight[str] = SingleFlight()
+    first_probe = asyncio.Event()
+    loads = 0
+
+    async def slow_probe() -> object:
+        first_probe.set()
+        await asyncio.sleep(3600)
+        return MISS
+
+    async def probe() -> object:
+        return MISS
+
+    async def load() -> str:
+        nonlocal loads
+        loads += 1
+        return "loaded"
+
+    leader = asyncio.create_task(flights.probe_then_load("k", slow_probe, load))
+    await first_probe.wait()
+    followers = [asyncio.create_task(flights.probe_then_load("k", probe, load)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    results = await asyncio.gather(*followers)
+    assert [value for value, _ in results] == ["loaded"] * 3 and loads == 1
+    assert leader.cancelled()
