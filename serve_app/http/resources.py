@@ -158,7 +158,10 @@ class Resources:
         # MigrationsMissing instead of retrying as if the database were down.
         migration_files = db.load_migrations()
         pool = await db.create_pool(settings, dsn)
-        redis = create_redis(settings, settings.redis_url) if settings.redis_url else None
+        # Each admitted request holds at most one connection at a time (its
+        # rate limit, then its cache reads), plus background work.
+        redis = (create_redis(settings, settings.redis_url, max_connections=args.in_flight_limit + 64)
+                 if settings.redis_url else None)
         breaker = Breaker(settings.redis_breaker_cooldown_s, metrics)
         cache = Cache(redis if args.cache.enabled else None, settings.redis_key_prefix, breaker, metrics)
         limits = args.rate_limits

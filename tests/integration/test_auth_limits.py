@@ -424,3 +424,17 @@ async def test_idempotency_keys_expire_and_are_purged(settings: Settings) -> Non
             assert await conn.fetchval("SELECT array_agg(key) FROM idempotency_keys") == ["fresh"]
         finally:
             await conn.close()
+
+
+async def test_a_burst_as_large_as_admission_keeps_redis(settings: Settings) -> None:
+    """Every admitted request may hold a Redis connection at once (its rate
+    limit): the pool must not run out below the admission limit (redis-py's
+    default pool is 100), or Redis is "down" for the breaker's cool-down and
+    every replica limits on its own."""
+    args = AppArgs(max_in_flight=224, ingress={"max_ongoing_requests": 256},
+                   rate_limits={"users": {"rate_per_s": 1, "burst": 1000}})
+    async for c in open_client(create_app(args, settings), settings):
+        responses = await asyncio.gather(*(c.get("/users?limit=1") for _ in range(220)))
+        assert {r.status_code for r in responses} == {200}
+        assert c.resources.metrics.count("limiter_local") == 0
+        assert c.resources.metrics.count("dependency_errors", dependency="redis") == 0
