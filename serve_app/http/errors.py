@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.errors import AppError
+from serve_app.errors import AppError, Overloaded
 from serve_app.request_id import current_request_id
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,9 @@ def envelope(
 
 
 def from_app_error(exc: AppError) -> JSONResponse:
-    if exc.status_code >= 500:
+    # Shedding load is routine (and the access line records it): a warning
+    # per shed request would add work exactly when there is too much.
+    if exc.status_code >= 500 and not isinstance(exc, Overloaded):
         log.warning("request failed: %s (%s)", exc.code, exc.message)
     return envelope(exc.status_code, exc.code, exc.message, details=exc.details, retry_after_s=exc.retry_after_s,
                     headers=exc.headers)
