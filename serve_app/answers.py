@@ -319,7 +319,7 @@ class Answers:
         return None if self._budget is None else await self._budget.reserve(client, tokens)
 
     async def _settled(self, reservation: Reservation | None, work: Any) -> Any:
-        used: int | None = None
+        used: int | None = None  # not known (cancelled, or failed midway): charged in full
         try:
             result = await work
             used = _tokens_of(result)
@@ -328,24 +328,24 @@ class Answers:
             used = 0  # refused or failed before generating (busy pools, bad input)
             raise
         finally:
-            # None: cancelled or a failure midway; charged in full.
-            self._settle(reservation, reservation.tokens if used is None and reservation else used or 0)
+            self._settle(reservation, used)
 
     def _settle_from(self, reservation: Reservation | None, task: asyncio.Task[_Generated]) -> None:
         if task.cancelled():
-            used = reservation.tokens if reservation else 0
+            self._settle(reservation, None)
         elif task.exception() is not None:
-            used = 0 if isinstance(task.exception(), AppError) else (reservation.tokens if reservation else 0)
+            self._settle(reservation, 0 if isinstance(task.exception(), AppError) else None)
         else:
-            used = task.result().tokens
-        self._settle(reservation, used)
+            self._settle(reservation, task.result().tokens)
 
-    def _settle(self, reservation: Reservation | None, used: int) -> None:
-        """Gives back unused tokens in the background: settling must not wait
-        on Redis, nor be lost when the request that reserved is cancelled."""
+    def _settle(self, reservation: Reservation | None, used: int | None) -> None:
+        """Gives back unused tokens in the background (``used`` None: none):
+        settling must not wait on Redis, nor be lost when the request that
+        reserved is cancelled."""
         if reservation is None or self._budget is None or reservation.settled:
             return
-        task = asyncio.ensure_future(self._budget.settle(reservation, used))
+        tokens = reservation.tokens if used is None else used
+        task = asyncio.ensure_future(self._budget.settle(reservation, tokens))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 

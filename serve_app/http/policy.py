@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.auth import KeyUnverifiable, parse_bearer
-from serve_app.config import AppArgs, Bucket
+from serve_app.config import AppArgs
 from serve_app.errors import Overloaded, RateLimited, Unauthorized
 from serve_app.http import body
 from serve_app.http.errors import documented
@@ -93,26 +93,23 @@ class Policy:
     """A declaration resolved against the args: what the gate enforces."""
 
     group: Group
-    auth: Literal["none", "optional", "key"]  # optional: anonymous, but a key sent must be valid
+    auth: Literal["none", "optional", "key"]  # none: public; optional: anonymous, but a key sent must be valid
     bucket: str | None  # rate-limit bucket, None: not limited
-    bucket_args: Bucket | None
-    admit: bool
     body_bytes: int
 
     @classmethod
     def resolve(cls, protection: Protection, args: AppArgs) -> Policy:
         limits = args.rate_limits
         if protection.group == "public":
-            return cls("public", "none", None, None, False, protection.body_bytes)
+            return cls("public", "none", None, protection.body_bytes)
         if protection.group == "undeclared":
-            # Most protected: whatever the args say of the declared groups.
+            # Most protected, whatever the args say of the declared groups: a
+            # key, and the bucket with the lower rate.
             name = min(("users", "questions"), key=lambda g: getattr(limits, g).rate_per_s)
-            bucket = name if limits.enabled else None
-            return cls("undeclared", "key", bucket, getattr(limits, name), True, protection.body_bytes)
+            return cls("undeclared", "key", name if limits.enabled else None, protection.body_bytes)
         mode = getattr(args.auth, protection.group)
-        bucket = protection.group if limits.enabled else None
-        return cls(protection.group, "key" if mode == "key" else "optional", bucket,
-                   getattr(limits, protection.group), True, protection.body_bytes)
+        return cls(protection.group, "key" if mode == "key" else "optional",
+                   protection.group if limits.enabled else None, protection.body_bytes)
 
 
 class Admission:
@@ -137,7 +134,7 @@ class PolicyGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         policy = self.policy
-        if policy.auth == "none":
+        if policy.auth == "none":  # public: the body step only
             if body.has_body(scope):
                 receive = await body.read_capped(scope, receive, policy.body_bytes, self.max_json_depth)
             await self.app(scope, receive, send)
@@ -148,18 +145,18 @@ class PolicyGate:
         # Whether checking this key would cost a database query.
         lookup = key is not None and res.keys.needs_lookup(key[0])
         if lookup:
-            self.throttle(res, address)
-        principal = await self.authenticate(res, key, lookup, address, scope)
+            self.throttle(res, address)  # 1. pre-auth throttle
+        principal = await self.authenticate(res, key, lookup, address, scope)  # 2. auth
         scope[PRINCIPAL_SCOPE_KEY] = principal
-        send = await self.rate_limit(res, principal, send)
-        admission = res.admission
+        send = await self.rate_limit(res, principal, send)  # 3. rate limit
+        admission = res.admission  # 4. admission
         if admission.in_flight >= admission.limit:
             raise Overloaded(retry_after_s=1)
         admission.in_flight += 1
         try:
-            if body.has_body(scope):
+            if body.has_body(scope):  # 5. body limits
                 receive = await body.read_capped(scope, receive, policy.body_bytes, self.max_json_depth)
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send)  # 6. the route
         finally:
             admission.in_flight -= 1
 
