@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 from pathlib import Path
 
 import kubernetes_validate
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from kuberay_testlib import REPO_ROOT, rendered
 
+import image_files
 import kuberay_checks as kc
 from devtools import kuberay_gen
 from serve_app.config import AppArgs
@@ -258,6 +260,31 @@ def test_dockerfiles_ok(name):
     text = path.read_text()
     assert "provision-model" in text
     assert (path.parent / f"{name}.dockerignore").exists()
+
+
+def _sslrootcert_in_app_credentials() -> str:
+    script = (REPO_ROOT / "infra" / "modules" / "k8s-addons" / "addons.sh").read_text()
+    m = re.search(r"sslrootcert=(/[^\s\"'&]+)", script)
+    assert m, "app-credentials' DSN names no sslrootcert"
+    return m.group(1)
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_images_hold_the_ca_the_database_url_names(name):
+    """verify-full against Aurora needs the RDS CA at the path the DSN names; an
+    image without it cannot open a single database connection."""
+    path = _sslrootcert_in_app_credentials()
+    adds = [args for instr, args in image_files.instructions(REPO_ROOT / "kuberay" / "images" / name)
+            if instr == "ADD"]
+    assert any(a.split()[-1] == path and "truststore.pki.rds.amazonaws.com" in a for a in adds), (path, adds)
+
+
+def test_planted_ca_path_mismatch_is_caught(tmp_path):
+    planted = tmp_path / "Dockerfile.cpu"
+    planted.write_text((REPO_ROOT / "kuberay/images/Dockerfile.cpu").read_text()
+                       .replace("/etc/ssl/certs/rds-global-bundle.pem", "/etc/ssl/rds.pem"))
+    adds = [a for i, a in image_files.instructions(planted) if i == "ADD"]
+    assert not any(a.split()[-1] == _sslrootcert_in_app_credentials() for a in adds)
 
 
 def test_cpu_dockerfile_drops_vision_audio():
