@@ -2,6 +2,13 @@
 
 Used by the run command, the tests and the benchmark. Ray's default GCS port
 is 6379, Redis's: the head always gets an explicit port.
+
+Shaped like the RayService when asked: the head's GCS can keep its state in an
+external Redis (GCS fault tolerance, as KubeRay's ``gcsFaultToleranceOptions``
+sets it up), every node carries its own marker so one node (the head, a worker)
+can be killed alone, each worker node has its own Serve HTTP entry port, and
+``restart_head()`` starts a new head against the same Redis (what KubeRay does
+when the head pod dies).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +62,23 @@ THROUGHPUT_MODE_ENV = {
 # HAProxy), so stopping one cluster never touches another Ray on the machine,
 # e.g. another checkout's or another test run's.
 CLUSTER_MARKER = "QA_LOCAL_RAY_CLUSTER"
+# And this one names the node ("<cluster id>/head", "<cluster id>/worker-1"):
+# each node's processes (raylet, GCS, dashboard, Serve controller, replicas,
+# engines, HAProxy) inherit it from that node's `ray start`, so a test can kill
+# one node's processes as a lost pod would lose them, and nothing else.
+NODE_MARKER = "QA_LOCAL_RAY_NODE"
+
+# Ray reads these on the head (ray/_private/node.py, Ray 2.60; RayConfig for the
+# namespace); KubeRay v1.7.0 sets exactly these on the head container when
+# gcsFaultToleranceOptions is set (ray-operator/controllers/ray/common/pod.go,
+# configureRedisFT): RAY_REDIS_ADDRESS and RAY_external_storage_namespace
+# (default: the RayCluster's UID).
+GCS_REDIS_ENV = "RAY_REDIS_ADDRESS"
+GCS_NAMESPACE_ENV = "RAY_external_storage_namespace"
+# How long a worker node's raylet (and its worker processes) keep retrying a
+# lost GCS before exiting: Ray's default is 60 s; KubeRay v1.7.0 sets 600 s on
+# worker pods when GCS FT is on (utils.DefaultWorkerRayGcsReconnectTimeoutS).
+GCS_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
 
 
 def run_command_cluster_id() -> str:
@@ -74,6 +99,37 @@ def cluster_processes(cluster_id: str) -> list[psutil.Process]:
     return list(found.values())
 
 
+def node_processes(node_id: str) -> list[psutil.Process]:
+    """The processes of one node (``NODE_MARKER`` value), and their descendants."""
+    found: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get(NODE_MARKER) == node_id:
+                found[p.pid] = p
+    for p in list(found.values()):
+        with contextlib.suppress(psutil.Error):
+            found.update((c.pid, c) for c in p.children(recursive=True))
+    return list(found.values())
+
+
+@dataclass
+class RayNode:
+    """One node process group of a LocalRay cluster."""
+
+    name: str  # "head", "worker-1", ...
+    marker: str  # NODE_MARKER value of its processes
+    metrics_port: int
+    # This node's Serve HTTP entry (its HAProxy or proxy; Serve's
+    # proxy_location EveryNode). On EKS the serve Service selects worker pods.
+    http_port: int
+    env: dict[str, str] = field(repr=False, default_factory=dict)
+    args: list[str] = field(repr=False, default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
 def stop_cluster(cluster_id: str, grace_s: float = 10) -> int:
     """SIGTERM, then SIGKILL after ``grace_s``, every process of this cluster
     only: `ray stop` would stop every Ray on the machine. vLLM's engine
@@ -92,6 +148,20 @@ def stop_cluster(cluster_id: str, grace_s: float = 10) -> int:
     return len(procs)
 
 
+# `ray start --head` refuses a port when the machine's last started cluster
+# (/tmp/ray/ray_current_cluster) has that address and any local raylet still
+# points at it (ray/scripts/scripts.py, "Fail early when starting a new cluster
+# when one is already running", Ray 2.60). Here those raylets are this
+# cluster's surviving workers, waiting for exactly this new head; on KubeRay
+# the new head runs in a new pod where no raylet runs. The guard's process scan
+# (services.find_gcs_addresses, used otherwise only to guess an address when
+# none is given) is emptied for this one `ray start`; nothing else changes.
+_RAY_CLI_WITHOUT_RUNNING_GUARD = (
+    "import sys; import ray._private.services as s; s.find_gcs_addresses = lambda: frozenset(); "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
+)
+
+
 class LocalRay:
     def __init__(
         self,
@@ -104,7 +174,16 @@ class LocalRay:
         extra_env: dict[str, str] | None = None,
         throughput_mode: bool = True,
         cluster_id: str | None = None,
+        gcs_redis_address: str | None = None,
+        gcs_storage_namespace: str | None = None,
+        worker_env: dict[str, str] | None = None,
     ) -> None:
+        """``gcs_redis_address`` (``host:port``): GCS fault tolerance, the head's
+        GCS keeps the cluster's state in that Redis under
+        ``gcs_storage_namespace`` (default: the cluster id, as KubeRay's default
+        is the RayCluster UID: one namespace per cluster). ``worker_env`` goes
+        to worker nodes only (e.g. ``GCS_RECONNECT_ENV``, which KubeRay sets on
+        worker pods only)."""
         self.cluster_id = cluster_id or f"local-{uuid.uuid4().hex[:12]}"
         self.gcs_port = gcs_port or free_port()
         self.dashboard_port = dashboard_port or free_port()
@@ -128,23 +207,35 @@ class LocalRay:
                 **(extra_env or {}),
             }
         )
+        self.gcs_redis_address = gcs_redis_address
+        self.gcs_storage_namespace = (gcs_storage_namespace or self.cluster_id) if gcs_redis_address else None
+        self.worker_env = dict(worker_env or {})
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.worker_metrics_ports: list[int] = []
+        self.head: RayNode | None = None
+        self.workers: list[RayNode] = []
 
-    def _ray(self, *args: str, env: dict[str, str] | None = None) -> None:
-        out = subprocess.run([str(BIN / "ray"), *args], env=env or self.env, cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=180)
+    def _ray(self, *args: str, env: dict[str, str] | None = None, command: list[str] | None = None) -> None:
+        out = subprocess.run([*(command or [str(BIN / "ray")]), *args], env=env or self.env, cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=180)
         if out.returncode != 0:
             raise RuntimeError(f"ray {args[0]} failed: {out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+
+    def _node_marker(self, name: str) -> str:
+        return f"{self.cluster_id}/{name}"
 
     def start(self) -> None:
         # `ray start --head` does not create the token: on a machine without
         # ~/.ray/auth_token it refuses to start under RAY_AUTH_MODE=token.
         # Idempotent: an existing token is kept.
         self._ray("get-auth-token", "--generate")
-        self._ray(
+        env = {**self.env, NODE_MARKER: self._node_marker("head")}
+        if self.gcs_redis_address:
+            env[GCS_REDIS_ENV] = self.gcs_redis_address
+            env[GCS_NAMESPACE_ENV] = str(self.gcs_storage_namespace)
+        args = [
             "start", "--head",
             f"--port={self.gcs_port}",
             f"--dashboard-port={self.dashboard_port}",
@@ -157,10 +248,43 @@ class LocalRay:
             f"--ray-client-server-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}",
             "--disable-usage-stats",
-        )
+        ]
+        self.head = RayNode("head", self._node_marker("head"), self.metrics_port, self.http_port, env, args)
+        self._ray(*args, env=env)
         # This cluster's session (not session_latest, which another cluster
         # started meanwhile would take): its logs/ holds every replica's log.
         self.session_dir = self._session_dir()
+
+    def kill_node(self, node: RayNode) -> list[int]:
+        """SIGKILLs every process of one node (a lost pod); returns their pids."""
+        procs = node_processes(node.marker)
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=10)
+        return [p.pid for p in procs]
+
+    def kill_head(self) -> list[int]:
+        """The head's processes all at once: GCS, raylet, dashboard and its
+        agents, the autoscaler monitor, the Serve controller and the head's
+        proxy. The worker nodes are left running."""
+        assert self.head is not None, "not started"
+        return self.kill_node(self.head)
+
+    def restart_head(self) -> float:
+        """A new head on the same ports, against the same GCS Redis and
+        namespace (what KubeRay does when the head pod is lost): the GCS
+        reloads the cluster's state, the workers' raylets reconnect. Returns
+        the seconds `ray start` took."""
+        assert self.head is not None, "not started"
+        if not self.gcs_redis_address:
+            raise RuntimeError("restart_head needs gcs_redis_address: without GCS FT the cluster's state is gone")
+        left = node_processes(self.head.marker)
+        if left:
+            raise RuntimeError(f"the head still has processes: {[p.pid for p in left]}")
+        t0 = time.monotonic()
+        self._ray(*self.head.args, env=self.head.env, command=[sys.executable, "-c", _RAY_CLI_WITHOUT_RUNNING_GUARD])
+        return time.monotonic() - t0
 
     def _session_dir(self) -> Path:
         for p in cluster_processes(self.cluster_id):
@@ -170,23 +294,32 @@ class LocalRay:
                         return Path(arg.removeprefix("--log_dir=")).parent
         raise RuntimeError(f"no GCS process of cluster {self.cluster_id} found")
 
-    def add_worker(self, num_cpus: int, memory_bytes: int | None = None) -> None:
+    def add_worker(self, num_cpus: int, memory_bytes: int | None = None) -> RayNode:
         """A worker node process, shaped like a KubeRay worker group."""
         # Each node's metrics agent exports only its own node's processes.
         port = free_port()
-        self.worker_metrics_ports.append(port)
+        name = f"worker-{len(self.workers) + 1}"
         args = ["start", f"--address={self.address}", f"--num-cpus={num_cpus}", f"--metrics-export-port={port}",
                 f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"]
         if memory_bytes:
             args.append(f"--memory={memory_bytes}")
-        env = self.env
+        # Each node runs its own Serve entry (proxy_location EveryNode): on one
+        # machine a worker's would find the head's port taken (with HAProxy it
+        # crash-loops: a new HAProxyManager actor every ~5 s, eating the CPU).
+        # Serve binds a worker's proxy to RAY_SERVE_WORKER_PROXY_HTTP_PORT
+        # (ray/serve/_private/proxy.py apply_per_node_port_overrides, Ray 2.60;
+        # the head keeps http_options.port), so each node has its own entry.
+        http_port = free_port()
+        env = {**self.env, **self.worker_env, NODE_MARKER: self._node_marker(name),
+               "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(http_port)}
         if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
-            # Each node runs its own HAProxy; on one machine a worker's would
-            # find the head's ports taken and crash-loop (a new HAProxyManager
-            # actor every ~5 s, eating the CPU). Clients use the head's port.
-            env = {**env, **{k: str(free_port()) for k in (
-                "RAY_SERVE_WORKER_PROXY_HTTP_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")}}
+            env.update({k: str(free_port()) for k in (
+                "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")})
+        node = RayNode(name, self._node_marker(name), port, http_port, env, args)
         self._ray(*args, env=env)
+        self.worker_metrics_ports.append(port)
+        self.workers.append(node)
+        return node
 
     def stop(self) -> int:
         return stop_cluster(self.cluster_id)
