@@ -55,6 +55,10 @@ KNOWN: list[tuple[str, str]] = [
     (r"kubectl -n kube-system get configmap amazon-vpc-cni -o jsonpath='\{\.data\.enable-network-policy-controller\}'",
      "cluster only"),
     (r"kubectl -n qa get secret app-credentials", "cluster only"),
+    (r"kubectl -n kube-system rollout status deployment/karpenter --timeout=\S+", "cluster only"),
+    (r"kubectl -n qa get secretproviderclass (?P<spc>\S+)", "cluster only; name checked against k8s-addons"),
+    (r"kubectl get nodepools,ec2nodeclasses", "cluster only; the overlay's NodePools/EC2NodeClasses validated (step 4)"),
+    (r"kubectl get nodeclaims -o wide", "cluster only"),
     (r"python3 kuberay/scripts/release\.py --env \$ENV", "run with --dry-run and the resolved deploy_values"),
     (r"kubectl apply --server-side -k (?P<overlay>kuberay/deploy/\$ENV)", "that overlay rendered and validated"),
     (r"kubectl -n qa wait --for=condition=Ready rayservice/qa --timeout=\S+", "cluster only; names checked"),
@@ -129,6 +133,10 @@ def check_doc_values(named: dict[str, str]) -> list[str]:
     gc = (REPO_ROOT / "infra/modules/k8s-addons/manifests/gatewayclass.yaml").read_text()
     if f"name: {named.get('gatewayclass')}\n" not in gc:
         errors.append(f"doc GatewayClass {named.get('gatewayclass')} is not the one k8s-addons applies")
+    addons_vars = blocks(load(REPO_ROOT / "infra/modules/k8s-addons/variables.tf"), "variable")
+    spc = addons_vars["db_password_provider_class"]["default"]
+    if named.get("spc") and named["spc"] != spc:
+        errors.append(f"doc SecretProviderClass {named['spc']} is not the one k8s-addons applies ({spc})")
     if named.get("overlay") != "kuberay/deploy/$ENV":
         errors.append("doc applies something else than release.py's overlay kuberay/deploy/$ENV")
     if named.get("container") and f"- name: {named['container']}\n" not in (REPO_ROOT / "kuberay/base/rayservice.yaml").read_text():

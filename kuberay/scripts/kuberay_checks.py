@@ -67,6 +67,59 @@ def env_vpc_cidr(env: str) -> str | None:
     m = re.search(r'^\s*vpc_cidr\s*=\s*"([^"]+)"', path.read_text(), flags=re.M) if path.is_file() else None
     return m.group(1) if m else None
 
+EKS_MAIN_TF = REPO_ROOT / "infra" / "modules" / "eks" / "main.tf"
+KARPENTER_TF = REPO_ROOT / "infra" / "modules" / "eks" / "karpenter.tf"
+ADDONS = REPO_ROOT / "infra" / "modules" / "k8s-addons"
+CSI_DRIVER = "secrets-store.csi.k8s.io"
+TF_EFFECTS = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
+
+
+def _hcl_map(text: str) -> dict[str, str]:
+    import re
+
+    return dict(re.findall(r'"?([\w./-]+)"?\s*=\s*"([^"]*)"', text))
+
+
+def system_node_placement(main_tf: Path = EKS_MAIN_TF) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Labels and taints of the managed system node group, as infra/modules/eks sets them
+    (its locals system_node_labels / system_node_taints)."""
+    import re
+
+    text = main_tf.read_text()
+    labels = re.search(r"^\s*system_node_labels\s*=\s*\{([^}]*)\}", text, flags=re.M)
+    taints = re.search(r"^\s*system_node_taints\s*=\s*\[(.*)\]\s*$", text, flags=re.M)
+    out_taints = [{**m, "effect": TF_EFFECTS.get(m.get("effect", ""), m.get("effect", ""))}
+                  for m in (_hcl_map(t) for t in re.findall(r"\{([^}]*)\}", taints.group(1) if taints else ""))]
+    return (_hcl_map(labels.group(1)) if labels else {}), out_taints
+
+
+def karpenter_node_role(env_name: str, karpenter_tf: Path = KARPENTER_TF) -> str | None:
+    """The node role infra/modules/eks/karpenter.tf creates for cluster `env_name`."""
+    import re
+
+    m = re.search(r'^\s*karpenter_node_role\s*=\s*"([^"]+)"', karpenter_tf.read_text(), flags=re.M)
+    return m.group(1).replace("${var.name}", env_name) if m else None
+
+
+def db_password_source() -> tuple[str | None, str | None]:
+    """(SecretProviderClass name, file name) that infra/ k8s-addons creates: the class is
+    var.db_password_provider_class, the file its objectAlias."""
+    import re
+
+    var = re.search(r'variable "db_password_provider_class" \{.*?default\s*=\s*"([^"]+)"',
+                    (ADDONS / "variables.tf").read_text(), flags=re.S)
+    alias = re.search(r'objectAlias:\s*"([^"]+)"', (ADDONS / "manifests" / "secretproviderclass.yaml.tftpl").read_text())
+    return (var.group(1) if var else None), (alias.group(1) if alias else None)
+
+
+def env_name(env: str) -> str | None:
+    import re
+
+    path = Path(str(ENV_HCL).format(env=env))
+    m = re.search(r'^\s*name\s*=\s*"([^"]+)"', path.read_text(), flags=re.M) if path.is_file() else None
+    return m.group(1) if m else None
+
+
 # name -> (kustomization dir or None, extra components). The namespaced monitoring
 # component is rendered on top of prod; the cluster-scoped Karpenter NodePool alone.
 VARIANTS: dict[str, tuple[str | None, tuple[str, ...]]] = {
@@ -114,7 +167,8 @@ def render(variant: str) -> list[dict[str, Any]]:
             "components": [os.path.relpath(KUBERAY / c, tmp) for c in components],
         }
         if base:
-            kustomization["namespace"] = "qa"
+            # No namespace here: as in the overlays, it would land on the cluster-scoped
+            # Karpenter kinds; base and the components name theirs.
             kustomization["resources"] = [os.path.relpath(KUBERAY / base, tmp)]
         (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
         return kustomize_build(Path(tmp))
@@ -324,6 +378,7 @@ def policy_errors(docs: list[dict[str, Any]], overlay: str | None = None) -> lis
         errs.append(f"{rid}: head rayStartParams num-cpus must be \"0\" (no Serve/LLM work on the head)")
     if head.get("rayStartParams", {}).get("dashboard-host") != "0.0.0.0":
         errs.append(f"{rid}: head dashboard-host must be 0.0.0.0")
+    errs += head_placement_errors(rs)
 
     gpu_groups = 0
     for group, template in pod_templates(rs):
@@ -352,6 +407,7 @@ def policy_errors(docs: list[dict[str, Any]], overlay: str | None = None) -> lis
                     errs.append(f"{cw}: {probe} set: KubeRay injects its own probes, don't fight them")
             if not any((e.get("secretRef") or {}).get("name") == "app-credentials" for e in c.get("envFrom") or []):
                 errs.append(f"{cw}: envFrom secretRef app-credentials missing")
+        errs += db_password_errors(pspec, where)
         if any(_gpu_limit(c) for c in _containers(pspec)):
             gpu_groups += 1
             for c in _containers(pspec):
@@ -413,6 +469,53 @@ def policy_errors(docs: list[dict[str, Any]], overlay: str | None = None) -> lis
                 errs.append(f"{kind_id(svc)}: exposes Ray-internal port {p.get('port')}")
     errs += gateway_errors(docs)
     errs += network_policy_errors(docs, overlay)
+    if overlay in ("test", "prod"):
+        # The overlay that is applied carries the Karpenter capacity for its workers.
+        if not find(docs, "NodePool") or not find(docs, "EC2NodeClass"):
+            errs.append(f"{overlay}: the render has no Karpenter NodePools/EC2NodeClasses (components/karpenter)")
+        errs += karpenter_errors(docs, docs, overlay)
+    return errs
+
+
+def head_placement_errors(rs: dict[str, Any]) -> list[str]:
+    """The Ray head lands on the managed system node group: it selects the group's labels
+    and tolerates its taints (infra/modules/eks main.tf), and nothing else."""
+    labels, taints = system_node_placement()
+    spec = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    where = f"{kind_id(rs)} head"
+    errs = []
+    selector = spec.get("nodeSelector") or {}
+    if not selector or any(labels.get(k) != v for k, v in selector.items()):
+        errs.append(f"{where}: nodeSelector {selector} does not select the system node group ({labels})")
+    for t in taints:
+        if not any(tol.get("key") == t["key"] and tol.get("effect") in (None, t["effect"])
+                   and (tol.get("operator") == "Exists" or tol.get("value") == t.get("value"))
+                   for tol in spec.get("tolerations") or []):
+            errs.append(f"{where}: does not tolerate the system group's taint {t['key']}:{t['effect']}")
+    return errs
+
+
+def db_password_errors(pspec: dict[str, Any], where: str) -> list[str]:
+    """Every container reads the Aurora password from DATABASE_PASSWORD_FILE, which is the
+    file infra's SecretProviderClass mounts through the Secrets Store CSI driver."""
+    spc, alias = db_password_source()
+    volumes = {v["name"]: v for v in pspec.get("volumes") or []}
+    errs = []
+    for c in _containers(pspec):
+        cw = f"{where} container {c.get('name')}"
+        env = {e["name"]: e.get("value") for e in c.get("env") or []}
+        path = env.get("DATABASE_PASSWORD_FILE")
+        if not path:
+            errs.append(f"{cw}: DATABASE_PASSWORD_FILE not set (the rotated Aurora password is read from it)")
+            continue
+        mounts = [m for m in c.get("volumeMounts") or []
+                  if ((volumes.get(m["name"]) or {}).get("csi") or {}).get("driver") == CSI_DRIVER
+                  and (volumes[m["name"]]["csi"].get("volumeAttributes") or {}).get("secretProviderClass") == spc]
+        if not any(path == f"{m['mountPath'].rstrip('/')}/{alias}" for m in mounts):
+            errs.append(f"{cw}: DATABASE_PASSWORD_FILE {path} is not the file {alias!r} of a {CSI_DRIVER} volume "
+                        f"with secretProviderClass {spc!r} ({[m['mountPath'] for m in mounts]})")
+        if any(not m.get("readOnly") for m in mounts):
+            errs.append(f"{cw}: the password volume must be mounted readOnly")
     return errs
 
 
@@ -439,19 +542,19 @@ def karpenter_errors(pools: list[dict[str, Any]], workload: list[dict[str, Any]]
         ref = np["spec"]["template"]["spec"]["nodeClassRef"]["name"]
         if ref not in classes:
             errs.append(f"{kind_id(np)}: EC2NodeClass {ref!r} is not rendered (nothing creates it)")
-    name = None
-    env_file = Path(str(ENV_HCL).format(env=env))
-    if env_file.is_file():
-        import re
-
-        m = re.search(r'^\s*name\s*=\s*"([^"]+)"', env_file.read_text(), flags=re.M)
-        name = m.group(1) if m else None
+    name = env_name(env)
+    role = karpenter_node_role(name) if name else None
     for c in classes.values():
         spec = c["spec"]
         tags = [t.get("tags", {}).get("karpenter.sh/discovery") for t in
                 spec.get("subnetSelectorTerms", []) + spec.get("securityGroupSelectorTerms", [])]
-        if name and (set(tags) != {name} or spec.get("role") != f"{name}-karpenter-node"):
-            errs.append(f"{kind_id(c)}: discovery tags {tags} / role {spec.get('role')!r} are not {env}'s ({name})")
+        # infra tags the private subnets, the node SG and the cluster SG with
+        # karpenter.sh/discovery=<cluster> and names the node role in eks/karpenter.tf.
+        if name and set(tags) != {name}:
+            errs.append(f"{kind_id(c)}: discovery tags {tags} are not {env}'s cluster ({name})")
+        if name and spec.get("role") != role:
+            errs.append(f"{kind_id(c)}: role {spec.get('role')!r} is not the node role infra creates for {env} "
+                        f"({role!r}, infra/modules/eks/karpenter.tf)")
     rs = find(workload, "RayService")
     for g in (rs[0]["spec"]["rayClusterConfig"].get("workerGroupSpecs", []) if rs else []):
         pspec = g["template"]["spec"]

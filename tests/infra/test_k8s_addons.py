@@ -97,16 +97,28 @@ def schedules_on(values: dict, labels: dict, taints: list[dict]) -> bool:
 EFFECTS = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
 
 
+KARPENTER = REPO_ROOT / "kuberay" / "components" / "karpenter"
+
+
 def eks_nodes(main_tf: Path = INFRA / "modules" / "eks" / "main.tf") -> dict[str, tuple[dict, list[dict]]]:
+    """Every kind of node the cluster has: the managed system group (eks main.tf) and the
+    nodes Karpenter launches from each NodePool (its template labels + the
+    karpenter.sh/nodepool label Karpenter puts on every node it launches, + its taints)."""
     loc = single(load(main_tf), "locals")
-    gpu_taints = [{**t, "effect": EFFECTS[t["effect"]]} for t in loc["gpu_node_taints"]]
-    return {"cpu": (loc["cpu_node_labels"], []), "gpu": (loc["gpu_node_labels"], gpu_taints)}
+    system_taints = [{**t, "effect": EFFECTS[t["effect"]]} for t in loc["system_node_taints"]]
+    kubelet = {"kubernetes.io/os": "linux"}  # every Linux node's kubelet sets it
+    nodes = {"system": ({**kubelet, **loc["system_node_labels"]}, system_taints)}
+    for f in sorted(KARPENTER.glob("nodepool-*.yaml")):
+        pool = yaml.safe_load(f.read_text())
+        tmpl = pool["spec"]["template"]
+        labels = {**kubelet, **(tmpl.get("metadata") or {}).get("labels", {}),
+                  "karpenter.sh/nodepool": pool["metadata"]["name"]}
+        nodes[pool["metadata"]["name"]] = (labels, tmpl["spec"].get("taints") or [])
+    return nodes
 
 
 def karpenter_gpu_node() -> tuple[dict, list[dict]]:
-    pool = yaml.safe_load((REPO_ROOT / "kuberay" / "components" / "karpenter" / "nodepool-gpu.yaml").read_text())
-    tmpl = pool["spec"]["template"]
-    return tmpl["metadata"]["labels"], tmpl["spec"].get("taints") or []
+    return eks_nodes()["ray-gpu"]
 
 
 def device_plugin_values(ours_text: str | None = None) -> dict:
@@ -118,9 +130,9 @@ def device_plugin_values(ours_text: str | None = None) -> dict:
 def test_device_plugin_lands_on_gpu_nodes_only():
     values = device_plugin_values()
     nodes = eks_nodes()
-    assert schedules_on(values, *nodes["gpu"]), "the DaemonSet must run on the GPU node group"
-    assert schedules_on(values, *karpenter_gpu_node()), "and on Karpenter's GPU nodes"
-    assert not schedules_on(values, *nodes["cpu"]), "and not on CPU nodes"
+    assert schedules_on(values, *karpenter_gpu_node()), "the DaemonSet must run on Karpenter's GPU nodes"
+    assert not schedules_on(values, *nodes["ray-cpu"]), "and not on CPU nodes"
+    assert not schedules_on(values, *nodes["system"]), "nor on the system group"
 
 
 def test_planted_old_device_plugin_mismatch():
@@ -128,7 +140,7 @@ def test_planted_old_device_plugin_mismatch():
     the upstream affinity (ANDed with the nodeSelector) matches no node."""
     old_values = device_plugin_values("nodeSelector: {workload-type: gpu-inference}\n"
                                       "tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]\n")
-    labels, taints = eks_nodes()["gpu"]
+    labels, taints = karpenter_gpu_node()
     old_labels = {k: v for k, v in labels.items() if k != "nvidia.com/gpu.present"}
     assert not schedules_on(old_values, old_labels, taints)
     assert not schedules_on(device_plugin_values(), old_labels, taints)  # the label is what makes it fit
@@ -136,7 +148,7 @@ def test_planted_old_device_plugin_mismatch():
 
 def test_planted_gpu_taint_not_tolerated():
     values = device_plugin_values("tolerations: []\n")
-    assert not schedules_on(values, *eks_nodes()["gpu"])
+    assert not schedules_on(values, *karpenter_gpu_node())
 
 
 def test_lb_controller_values_keys_are_the_charts():
@@ -145,7 +157,7 @@ def test_lb_controller_values_keys_are_the_charts():
     text = (ADDONS / "values" / "aws-load-balancer-controller.yaml.tftpl").read_text()
     keys = set(re.findall(r"^([A-Za-z0-9]+):", text, flags=re.M))
     assert keys == {"clusterName", "region", "vpcId", "replicaCount", "serviceAccount", "enableShield",
-                    "enableWaf", "enableWafv2", "controllerConfig"}
+                    "enableWaf", "enableWafv2", "controllerConfig", "nodeSelector", "tolerations"}
 
 
 # ----------------------------------------------------------------- order
@@ -154,8 +166,9 @@ def test_steps_run_in_the_order_the_controllers_need():
     deps = {name: body.get("depends_on") or [] for name, body in res.items()}
     assert "${terraform_data.crds}" in deps["release"]
     assert "${terraform_data.release}" in deps["gatewayclass"]
-    assert {"${terraform_data.release}", "${terraform_data.gatewayclass}", "${terraform_data.app_credentials}"} \
-        <= set(deps["pre_destroy"])
+    assert {"${terraform_data.release}", "${terraform_data.app_credentials}"} <= set(deps["secret_provider_class"])
+    assert {"${terraform_data.release}", "${terraform_data.gatewayclass}", "${terraform_data.app_credentials}",
+            "${terraform_data.secret_provider_class}"} <= set(deps["pre_destroy"])
     [prov] = res["pre_destroy"]["provisioner"]
     assert prov["local-exec"]["when"] == "${destroy}" and "pre-destroy" in prov["local-exec"]["command"]
 
@@ -210,6 +223,17 @@ def test_crds_then_wait_established(stubs):
                        "kubectl apply --server-side --force-conflicts -f https://b/gateway-crds.yaml"]
     assert calls[-1].startswith("kubectl wait --for condition=Established")
     assert "crd/loadbalancerconfigurations.gateway.k8s.aws" in calls[-1]
+    assert "crd/nodepools.karpenter.sh" in calls[-1] and "crd/ec2nodeclasses.karpenter.k8s.aws" in calls[-1]
+
+
+def test_helm_oci_chart_has_no_repo(stubs):
+    res, calls = stubs("helm", RELEASE="karpenter", CHART="oci://public.ecr.aws/karpenter/karpenter", REPO="",
+                       VERSION="1.14.1", NAMESPACE="kube-system", VALUES="settings: {clusterName: qa-test}")
+    assert res.returncode == 0, res.stderr
+    [helm] = [c for c in calls if c.startswith("helm ")]
+    assert helm.startswith("helm upgrade --install karpenter oci://public.ecr.aws/karpenter/karpenter --version 1.14.1 "
+                           "--namespace kube-system")
+    assert "--repo" not in helm
 
 
 def test_helm_release_pins_chart_version(stubs):
@@ -232,13 +256,43 @@ def test_app_secret_reads_secrets_manager_at_apply_time(stubs):
     assert res.returncode == 0, res.stderr
     env = dict(line.split("=", 1) for line in (stubs.state / "env").read_text().splitlines())
     assert env == {
-        "DATABASE_URL": "postgresql://qa%20admin:p%40ss%2Fw%3Ard@db.x:5432/qa"
+        "DATABASE_URL": "postgresql://qa%20admin@db.x:5432/qa"
                         "?sslmode=verify-full&sslrootcert=/etc/ssl/certs/rds-global-bundle.pem",
         "REDIS_URL": "rediss://:tok%2Ben%2F1@r.x:6379/0",
         "RAY_REDIS_ADDRESS": "rediss://r.x:6379",
         "RAY_REDIS_PASSWORD": "tok+en/1",
     }
     assert not any("p@ss" in c for c in calls), "no secret on a command line"
+    assert dsn_password_errors(env["DATABASE_URL"]) == []
+
+
+def dsn_password_errors(dsn: str) -> list[str]:
+    """The rotated Aurora password must not be in DATABASE_URL: the pods read it from
+    DATABASE_PASSWORD_FILE (a CSI-mounted file the driver re-syncs)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(dsn)
+    errs = [f"{dsn}: carries a password"] if u.password is not None else []
+    return errs + [f"{dsn}: password= in the query"] if "password=" in u.query else errs
+
+
+def test_planted_password_in_database_url_is_caught(stubs, tmp_path):
+    """addons.sh as it was before (password in the DSN): the check must flag it."""
+    planted = tmp_path / "addons.sh"
+    text = (ADDONS / "addons.sh").read_text()
+    old = "    \"DATABASE_URL\": f\"postgresql://{quote(creds['username'], safe='')}\"\n"
+    assert old in text
+    planted.write_text(text.replace(old, "    \"DATABASE_URL\": f\"postgresql://{quote(creds['username'], safe='')}"
+                                         ":{quote(creds['password'], safe='')}\"\n"))
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "CALLS": str(tmp_path / "calls"), "STATE": str(stubs.state),
+           "CLUSTER_NAME": "qa-test", "REGION": "us-east-1", "APP_NAMESPACE": "qa",
+           "AURORA_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:1:secret:aurora", "AURORA_ENDPOINT": "db.x",
+           "AURORA_PORT": "5432", "AURORA_DATABASE": "qa", "REDIS_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:1:secret:redis",
+           "REDIS_ENDPOINT": "r.x", "REDIS_PORT": "6379", "REDIS_APP_DB": "0"}
+    res = subprocess.run(["bash", str(planted), "app-secret"], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    dsn = dict(line.split("=", 1) for line in (stubs.state / "env").read_text().splitlines())["DATABASE_URL"]
+    assert any("carries a password" in e for e in dsn_password_errors(dsn))
 
 
 def test_pre_destroy_deletes_workloads_then_waits_for_the_alb(stubs):
@@ -284,4 +338,69 @@ def test_every_step_reruns_when_what_it_applies_changes():
         if prov["local-exec"].get("when") == "${destroy}":
             continue
         assert "triggers_replace" in body, name
-        assert body["triggers_replace"] == body["input"] or name in ("crds", "gatewayclass"), name
+        assert body["triggers_replace"] == body["input"] or name in ("crds", "gatewayclass", "secret_provider_class"), name
+
+
+# ----------------------------------------------------------------- system pods placement
+# Upstream defaults of charts/karpenter/values.yaml at aws/karpenter-provider-aws tag v1.14.1
+# (facts carried here; test_karpenter_defaults_match_upstream re-reads them when a copy of
+# that repository is at hand): the controller never runs on a node Karpenter launched, two
+# replicas on different hosts, and it tolerates CriticalAddonsOnly.
+KARPENTER_CHART_DEFAULTS = {
+    "replicas": 2,
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "affinity": {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "karpenter.sh/nodepool", "operator": "DoesNotExist"}]}]}},
+        "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "kubernetes.io/hostname"}]},
+    },
+    "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
+}
+KARPENTER_MIRROR = Path("/work/.mirror/aws+karpenter-provider-aws/repo")
+
+
+def render_tftpl(name: str, **extra: object) -> dict:
+    """A values template as templatefile() renders it, with the eks unit's system labels."""
+    import json
+
+    labels = single(load(INFRA / "modules" / "eks" / "main.tf"), "locals")["system_node_labels"]
+    text = (ADDONS / "values" / name).read_text()
+    text = re.sub(r"\$\{jsonencode\(node_selector\)\}", json.dumps(labels), text)
+    text = re.sub(r"\$\{(\w+)\}", lambda m: str(extra.get(m.group(1), f"<{m.group(1)}>")), text)
+    return yaml.safe_load(text)
+
+
+def test_system_pods_land_on_the_system_group_only():
+    nodes = eks_nodes()
+    karpenter = helm_merge(KARPENTER_CHART_DEFAULTS, render_tftpl("karpenter.yaml.tftpl"))
+    assert schedules_on(karpenter, *nodes["system"]), "Karpenter must run on the system group"
+    for pool in ("ray-cpu", "ray-gpu"):
+        assert not schedules_on(karpenter, *nodes[pool]), f"Karpenter must not run on its own {pool} nodes"
+    for chart in ("kuberay-operator.yaml.tftpl", "aws-load-balancer-controller.yaml.tftpl"):
+        values = render_tftpl(chart)
+        assert schedules_on(values, *nodes["system"]), chart
+        assert not any(schedules_on(values, *nodes[p]) for p in ("ray-cpu", "ray-gpu")), chart
+
+
+def test_planted_karpenter_on_its_own_nodes_is_caught():
+    """Without upstream's DoesNotExist affinity and with a selector every node matches."""
+    values = helm_merge(KARPENTER_CHART_DEFAULTS, {"affinity": None, "nodeSelector": None,
+                                                   "tolerations": [{"operator": "Exists"}]})
+    assert schedules_on(values, *eks_nodes()["ray-cpu"])
+
+
+def test_planted_system_taint_not_tolerated():
+    values = render_tftpl("kuberay-operator.yaml.tftpl")
+    values["tolerations"] = []
+    assert not schedules_on(values, *eks_nodes()["system"])
+
+
+@pytest.mark.skipif(not KARPENTER_MIRROR.is_dir(), reason="no copy of aws/karpenter-provider-aws here")
+def test_karpenter_defaults_match_upstream():
+    text = subprocess.run(["git", "-C", str(KARPENTER_MIRROR), "show", "v1.14.1:charts/karpenter/values.yaml"],
+                          capture_output=True, text=True, check=True).stdout
+    upstream = yaml.safe_load(text)
+    assert {k: upstream[k] for k in KARPENTER_CHART_DEFAULTS} == KARPENTER_CHART_DEFAULTS
+    ours = render_tftpl("karpenter.yaml.tftpl")
+    assert set(ours["settings"]) <= set(upstream["settings"]) and set(ours["controller"]) <= set(upstream["controller"])
+    assert set(ours) <= set(upstream), set(ours) - set(upstream)

@@ -59,8 +59,12 @@ TG_PLANTS = [
                  "", "dependency.network.outputs.private_subnet_ids is not covered by mock_outputs", id="mock-missing"),
     pytest.param("_envcommon/eks.hcl", '["init", "validate", "plan"]', '["init", "validate", "plan", "apply"]',
                  "mock_outputs_allowed_terraform_commands", id="mocks-allowed-on-apply"),
-    pytest.param("_envcommon/eks.hcl", "local.env.gpu_node_group", "local.env.gpu_nodes",
-                 "local.env.gpu_nodes is not defined", id="unknown-env-value"),
+    pytest.param("_envcommon/eks.hcl", "local.env.system_node_group", "local.env.system_nodes",
+                 "local.env.system_nodes is not defined", id="unknown-env-value"),
+    # k8s-addons takes Karpenter's queue and role from the eks unit: a mock must cover them.
+    pytest.param("_envcommon/k8s-addons.hcl", "    karpenter_interruption_queue_name = local.env.name\n", "",
+                 "dependency.eks.outputs.karpenter_interruption_queue_name is not covered by mock_outputs",
+                 id="karpenter-queue-mock-missing"),
     pytest.param("root.hcl", "use_lockfile = true", "use_lockfile = false", "use_lockfile = true", id="no-lockfile"),
 ]
 

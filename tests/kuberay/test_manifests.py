@@ -475,3 +475,93 @@ def test_planted_karpenter_limits_below_max_replicas(pool, resource, value):
     errs = kc.karpenter_errors(pools, rendered("prod"))
     assert any(f"limits.{resource} {value} <" in e for e in errs), errs
     assert kc.validate_docs(pools) == []  # the CRD accepts it: only this check sees it
+
+
+def test_prod_and_test_renders_carry_their_karpenter_capacity():
+    for overlay in ("test", "prod"):
+        docs = rendered(overlay)
+        assert {d["metadata"]["name"] for d in kc.find(docs, "NodePool")} == {"ray-cpu", "ray-gpu"}
+        assert all("namespace" not in d["metadata"] for d in kc.find(docs, "NodePool") + kc.find(docs, "EC2NodeClass")), \
+            "cluster-scoped kinds must not get a namespace"
+        assert {c["spec"]["role"] for c in kc.find(docs, "EC2NodeClass")} == {f"qa-{overlay}-karpenter-node"}
+        assert kc.karpenter_errors(docs, docs, overlay) == []
+
+
+@pytest.mark.parametrize("overlay", ["test", "prod"])
+def test_planted_karpenter_role_mismatch(overlay, tmp_path):
+    """The EC2NodeClass names a role infra does not create (infra's name renamed in a copy)."""
+    docs = rendered(overlay)
+    for c in kc.find(docs, "EC2NodeClass"):
+        c["spec"]["role"] = f"KarpenterNodeRole-qa-{overlay}"
+    errs = kc.karpenter_errors(docs, docs, overlay)
+    assert any("is not the node role infra creates" in e for e in errs), errs
+    # ...and the other way round: infra renames its role, the committed YAML no longer matches.
+    tf = tmp_path / "karpenter.tf"
+    tf.write_text(kc.KARPENTER_TF.read_text().replace('"${var.name}-karpenter-node"', '"${var.name}-nodes"'))
+    assert kc.karpenter_node_role(f"qa-{overlay}", tf) == f"qa-{overlay}-nodes"
+    assert kc.karpenter_node_role(f"qa-{overlay}") == f"qa-{overlay}-karpenter-node"
+
+
+def test_planted_karpenter_discovery_tag_of_another_cluster():
+    docs = rendered("test")
+    kc.find(docs, "EC2NodeClass", "ray-cpu")[0]["spec"]["subnetSelectorTerms"] = [{"tags": {"karpenter.sh/discovery": "qa-prod"}}]
+    assert any("discovery tags" in e for e in kc.karpenter_errors(docs, docs, "test"))
+
+
+# ----------------------------------------------------------------- issue 14: the head on the system group
+def test_head_lands_on_the_system_node_group():
+    labels, taints = kc.system_node_placement()
+    assert labels == {"workload-type": "system"} and [t["key"] for t in taints] == ["CriticalAddonsOnly"]
+    for overlay in ("test", "prod"):
+        assert kc.head_placement_errors(one(rendered(overlay), "RayService")) == []
+        # and no worker group may land there: none tolerates the taint
+        for g in one(rendered(overlay), "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+            assert not any(t.get("key") == "CriticalAddonsOnly" for t in g["template"]["spec"].get("tolerations") or [])
+
+
+@pytest.mark.parametrize("mistake", ["no-selector", "cpu-selector", "no-toleration"])
+def test_planted_head_not_on_system_group(mistake):
+    docs = rendered("prod")
+    head = one(docs, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    if mistake == "no-selector":
+        head.pop("nodeSelector")
+    elif mistake == "cpu-selector":
+        head["nodeSelector"] = {"workload-type": "cpu"}
+    else:
+        head.pop("tolerations")
+    errs = kc.policy_errors(docs, "prod")
+    assert any("head" in e and ("system node group" in e or "CriticalAddonsOnly" in e) for e in errs), errs
+
+
+# ----------------------------------------------------------------- issue 14: the rotated DB password
+def test_password_file_is_the_csi_mounted_secret():
+    spc, alias = kc.db_password_source()
+    assert (spc, alias) == ("aurora-password", "password")
+    for overlay in ("test", "prod"):
+        pods = kc.extract_pods(rendered(overlay))
+        assert len(pods) == (3 if overlay == "prod" else 2)
+        for pod in pods:
+            vols = {v["name"]: v for v in pod["spec"]["volumes"]}
+            for c in pod["spec"]["containers"]:
+                env = {e["name"]: e.get("value") for e in c["env"]}
+                [m] = [m for m in c["volumeMounts"] if "csi" in vols[m["name"]]]
+                assert env["DATABASE_PASSWORD_FILE"] == f"{m['mountPath']}/{alias}"
+                assert vols[m["name"]]["csi"]["volumeAttributes"]["secretProviderClass"] == spc
+            assert kc.db_password_errors(pod["spec"], pod["metadata"]["name"]) == []
+
+
+@pytest.mark.parametrize("mistake", ["wrong-path", "no-env", "other-class", "writable"])
+def test_planted_password_file_mismatch(mistake):
+    docs = rendered("prod")
+    group = gpu_group(docs)["template"]["spec"]
+    c = group["containers"][0]
+    if mistake == "wrong-path":
+        next(e for e in c["env"] if e["name"] == "DATABASE_PASSWORD_FILE")["value"] = "/mnt/secrets/db/pass"
+    elif mistake == "no-env":
+        c["env"] = [e for e in c["env"] if e["name"] != "DATABASE_PASSWORD_FILE"]
+    elif mistake == "other-class":
+        next(v for v in group["volumes"] if v["name"] == "db-password")["csi"]["volumeAttributes"]["secretProviderClass"] = "x"
+    else:
+        next(m for m in c["volumeMounts"] if m["name"] == "db-password")["readOnly"] = False
+    errs = kc.policy_errors(docs, "prod")
+    assert any("group gpu" in e and ("DATABASE_PASSWORD_FILE" in e or "readOnly" in e) for e in errs), errs

@@ -26,8 +26,7 @@ inputs = {
   vpc_id              = dependency.network.outputs.vpc_id
   private_subnet_ids  = dependency.network.outputs.private_subnet_ids
   public_access_cidrs = local.env.api_public_access_cidrs
-  cpu_node_group      = local.env.cpu_node_group
-  gpu_node_group      = local.env.gpu_node_group
+  system_node_group   = local.env.system_node_group
 
   cluster_admin_role_arns = local.env.cluster_admin_role_arns
 }

@@ -27,8 +27,11 @@ dependency "eks" {
   config_path = "${get_terragrunt_dir()}/../eks"
 
   mock_outputs = {
-    cluster_name           = local.env.name
-    lb_controller_role_arn = "arn:aws:iam::000000000000:role/mock"
+    cluster_name                      = local.env.name
+    lb_controller_role_arn            = "arn:aws:iam::000000000000:role/mock"
+    system_node_labels                = { "workload-type" = "system" }
+    karpenter_controller_role_arn     = "arn:aws:iam::000000000000:role/${local.env.name}-karpenter-controller"
+    karpenter_interruption_queue_name = local.env.name
   }
   mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
 }
@@ -41,6 +44,7 @@ dependency "aurora" {
     port                   = 5432
     database_name          = "qa"
     master_user_secret_arn = "arn:aws:secretsmanager:us-east-1:000000000000:secret:mock-aurora"
+    kms_key_arn            = "arn:aws:kms:us-east-1:000000000000:key/00000000-0000-0000-0000-000000000000"
   }
   mock_outputs_allowed_terraform_commands = ["init", "validate", "plan"]
 }
@@ -91,6 +95,12 @@ inputs = {
   redis_endpoint                = dependency.elasticache.outputs.primary_endpoint
   redis_port                    = dependency.elasticache.outputs.port
   redis_auth_token_secret_arn   = dependency.elasticache.outputs.auth_token_secret_arn
+  aurora_kms_key_arn            = dependency.aurora.outputs.kms_key_arn
+
+  # Karpenter and the system node group, from the eks unit (names tied by tests/infra).
+  system_node_labels                = dependency.eks.outputs.system_node_labels
+  karpenter_controller_role_arn     = dependency.eks.outputs.karpenter_controller_role_arn
+  karpenter_interruption_queue_name = dependency.eks.outputs.karpenter_interruption_queue_name
 
   # For kuberay/scripts/release.py (terragrunt output -json deploy_values).
   deploy_values = {

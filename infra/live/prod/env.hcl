@@ -1,4 +1,4 @@
-# prod: same units as test; differs only by these values (GPU capacity, sizes,
+# prod: same units as test; differs only by these values (sizes,
 # NAT per AZ, deletion protection).
 locals {
   project     = "qa"
@@ -23,8 +23,10 @@ locals {
   # Team/CI roles with cluster-admin access entries (comma-separated ARNs).
   cluster_admin_role_arns = compact(split(",", get_env("QA_ADMIN_ROLE_ARNS", "")))
 
-  cpu_node_group = { instance_types = ["m6i.2xlarge"], min_size = 3, max_size = 6, desired_size = 3 }
-  gpu_node_group = { instance_types = ["g5.xlarge"], min_size = 0, max_size = 4, desired_size = 2 }
+  # System pods only (Karpenter x2, CoreDNS, controllers, KubeRay operator, the Ray head; two
+  # heads during a NewCluster upgrade). Ray workers run on Karpenter's nodes
+  # (kuberay/components/karpenter), GPU ones from zero.
+  system_node_group = { instance_types = ["m6i.xlarge"], min_size = 3, max_size = 4, desired_size = 3 }
 
   aurora_min_acu        = 0.5
   aurora_max_acu        = 8

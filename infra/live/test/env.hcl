@@ -22,9 +22,10 @@ locals {
   # Team/CI roles with cluster-admin access entries (comma-separated ARNs).
   cluster_admin_role_arns = compact(split(",", get_env("QA_ADMIN_ROLE_ARNS", "")))
 
-  cpu_node_group = { instance_types = ["m6i.xlarge"], min_size = 2, max_size = 3, desired_size = 2 }
-  # Kept at zero nodes: the GPU pool exists but costs nothing until scaled up.
-  gpu_node_group = { instance_types = ["g5.xlarge"], min_size = 0, max_size = 1, desired_size = 0 }
+  # System pods only (Karpenter x2, CoreDNS, controllers, KubeRay operator, the Ray head; two
+  # heads during a NewCluster upgrade). Ray workers run on Karpenter's nodes
+  # (kuberay/components/karpenter), GPU ones from zero.
+  system_node_group = { instance_types = ["m6i.xlarge"], min_size = 2, max_size = 3, desired_size = 2 }
 
   aurora_min_acu        = 0.5
   aurora_max_acu        = 1

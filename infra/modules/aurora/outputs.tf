@@ -32,3 +32,8 @@ output "security_group_id" {
   description = "Security group of the cluster."
   value       = aws_security_group.this.id
 }
+
+output "kms_key_arn" {
+  description = "KMS key of the cluster's storage and of its master secret (the Ray pods' role may decrypt through Secrets Manager)."
+  value       = aws_kms_key.this.arn
+}

@@ -7,29 +7,28 @@ locals {
   partition  = data.aws_partition.current.partition
   region     = data.aws_region.current.name
 
-  # Node labels. GPU nodes: `workload-type` is what the GPU worker group selects;
-  # `nvidia.com/gpu.present` is what the NVIDIA device plugin chart v0.20.0 selects by
-  # default (its values.yaml affinity, one of three alternatives: NFD's pci-10de /
-  # cpu-model.vendor_id labels or this one; no NFD runs here). Without it the
-  # plugin's DaemonSet runs on zero nodes and no nvidia.com/gpu is ever advertised.
-  # tests/infra/test_k8s_addons.py evaluates the chart's affinity against these.
-  cpu_node_labels = { "workload-type" = "cpu" }
-  gpu_node_labels = { "workload-type" = "gpu-inference", "nvidia.com/gpu.present" = "true" }
-  # Only pods that request GPUs (and tolerate this) land on the expensive nodes.
-  gpu_node_taints = [{ key = "nvidia.com/gpu", value = "true", effect = "NO_SCHEDULE" }]
+  # The only managed node group: a small, fixed group for the system pods (Karpenter
+  # itself, CoreDNS, the LB controller, the KubeRay operator, the Ray head). The Ray
+  # workers run on nodes Karpenter launches from kuberay/components/karpenter (NodePools
+  # ray-cpu and ray-gpu), so the GPU pool costs nothing while it is at zero replicas.
+  # The taint keeps everything that does not tolerate it (the Ray workers) off these
+  # nodes; CriticalAddonsOnly is the key Karpenter's chart v1.14.1 tolerates by default
+  # (charts/karpenter/values.yaml `tolerations`). Whoever belongs here selects the label
+  # and tolerates the taint: k8s-addons' chart values, the coredns add-on below, the
+  # RayService head group (kuberay/scripts/kuberay_checks.py ties the two together).
+  system_node_labels = { "workload-type" = "system" }
+  system_node_taints = [{ key = "CriticalAddonsOnly", value = "true", effect = "NO_SCHEDULE" }]
 
   node_groups = {
-    cpu = merge(var.cpu_node_group, {
+    system = merge(var.system_node_group, {
       ami_type = "AL2023_x86_64_STANDARD"
-      labels   = local.cpu_node_labels
-      taints   = []
-    })
-    gpu = merge(var.gpu_node_group, {
-      ami_type = "AL2023_x86_64_NVIDIA"
-      labels   = local.gpu_node_labels
-      taints   = local.gpu_node_taints
+      labels   = local.system_node_labels
+      taints   = local.system_node_taints
     })
   }
+
+  # Where system pods go: the group's label, and a toleration of its taint.
+  system_tolerations = [for t in local.system_node_taints : { key = t.key, operator = "Exists", effect = "NoSchedule" }]
 }
 
 # --- KMS: envelope encryption of Kubernetes secrets and of the control-plane logs
@@ -131,7 +130,9 @@ resource "aws_security_group" "node" {
   description = "Identifies EKS worker nodes as clients of the data stores"
   vpc_id      = var.vpc_id
 
-  tags = { Name = "${var.name}-node" }
+  # Karpenter's EC2NodeClasses select their security groups by this tag (with the
+  # cluster SG, tagged in karpenter.tf), so its nodes reach the data stores too.
+  tags = { Name = "${var.name}-node", "karpenter.sh/discovery" = var.name }
 }
 
 # IRSA. thumbprint_list is omitted: IAM trusts the EKS OIDC issuer through its
@@ -142,7 +143,9 @@ resource "aws_iam_openid_connect_provider" "this" {
 }
 
 resource "aws_eks_addon" "this" {
-  for_each = toset(["vpc-cni", "kube-proxy", "coredns"])
+  # eks-pod-identity-agent: the Ray pods' role (k8s-addons, reads the Aurora secret for the
+  # Secrets Store CSI driver's AWS provider) is bound by a Pod Identity association.
+  for_each = toset(["vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent"])
 
   cluster_name                = aws_eks_cluster.this.name
   addon_name                  = each.key
@@ -152,10 +155,20 @@ resource "aws_eks_addon" "this" {
   # and the KubeRay operator): the VPC CNI's network policy agent is off unless
   # `enableNetworkPolicy` is "true" (a string: charts/aws-vpc-cni/values.yaml of
   # amazon-vpc-cni-k8s v1.21.1, the add-on's configuration schema mirrors it).
-  configuration_values = each.key == "vpc-cni" ? jsonencode({ enableNetworkPolicy = "true" }) : null
+  configuration_values = lookup(local.addon_configuration, each.key, null)
 
   # coredns stays degraded until there are nodes to run on.
   depends_on = [aws_eks_node_group.this]
+}
+
+locals {
+  addon_configuration = {
+    vpc-cni = jsonencode({ enableNetworkPolicy = "true" })
+    # CoreDNS on the system group: its add-on schema takes nodeSelector and tolerations
+    # (`aws eks describe-addon-configuration --addon-name coredns` lists them); not
+    # checked offline against AWS.
+    coredns = jsonencode({ nodeSelector = local.system_node_labels, tolerations = local.system_tolerations })
+  }
 }
 
 # --- Nodes -------------------------------------------------------------------------

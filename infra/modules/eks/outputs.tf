@@ -48,7 +48,22 @@ output "kms_key_arn" {
   value       = aws_kms_key.this.arn
 }
 
-output "gpu_node_labels" {
-  description = "Labels of the GPU nodes (the GPU worker group's nodeSelector, the device plugin's affinity)."
-  value       = local.gpu_node_labels
+output "system_node_labels" {
+  description = "Labels of the system node group (nodeSelector of the system pods and the Ray head)."
+  value       = local.system_node_labels
+}
+
+output "karpenter_controller_role_arn" {
+  description = "IRSA role of the Karpenter controller (service account kube-system/karpenter)."
+  value       = aws_iam_role.karpenter_controller.arn
+}
+
+output "karpenter_node_role_name" {
+  description = "IAM role of Karpenter's nodes: the EC2NodeClasses' spec.role."
+  value       = aws_iam_role.karpenter_node.name
+}
+
+output "karpenter_interruption_queue_name" {
+  description = "SQS queue of EC2 interruption events: the chart's settings.interruptionQueue."
+  value       = aws_sqs_queue.karpenter_interruption.name
 }

@@ -35,26 +35,20 @@ variable "public_access_cidrs" {
   }
 }
 
-variable "cpu_node_group" {
-  description = "CPU managed node group (Ray head and CPU workers)."
+variable "system_node_group" {
+  description = "The managed node group of the system pods (Karpenter, CoreDNS, controllers, KubeRay operator, Ray head); the Ray workers run on Karpenter's nodes. Size it for two Ray heads at once (a NewCluster upgrade) plus two Karpenter replicas on separate nodes."
   type = object({
     instance_types = list(string)
     min_size       = number
     max_size       = number
     desired_size   = number
-    disk_size_gb   = optional(number, 100)
+    disk_size_gb   = optional(number, 50)
   })
-}
 
-variable "gpu_node_group" {
-  description = "GPU managed node group (vLLM GPU workers); min_size 0 lets it idle at no cost."
-  type = object({
-    instance_types = list(string)
-    min_size       = number
-    max_size       = number
-    desired_size   = number
-    disk_size_gb   = optional(number, 200)
-  })
+  validation {
+    condition     = var.system_node_group.min_size >= 2
+    error_message = "Karpenter's chart runs 2 replicas with a required hostname anti-affinity: the system group needs >= 2 nodes."
+  }
 }
 
 variable "log_retention_days" {

@@ -4,10 +4,13 @@
 #
 #   addons.sh crds          server-side apply of CRD_URLS (Gateway API, then gateway.k8s.aws)
 #   addons.sh helm          helm upgrade --install RELEASE CHART --repo REPO --version VERSION
-#                           -n NAMESPACE with VALUES (YAML text) --wait
+#                           -n NAMESPACE with VALUES (YAML text) --wait; an oci:// CHART
+#                           (Karpenter) is pulled from its registry, REPO empty
 #   addons.sh manifest      server-side apply of MANIFEST (YAML text)
 #   addons.sh app-secret    namespace APP_NAMESPACE + Secret app-credentials, read from
-#                           Secrets Manager at apply time (never in Terraform state)
+#                           Secrets Manager at apply time (never in Terraform state); its
+#                           DATABASE_URL carries no password (the pods read it from the
+#                           CSI-mounted file DATABASE_PASSWORD_FILE, re-synced on rotation)
 #   addons.sh pre-destroy   before the controllers go: delete every RayService (KubeRay's
 #                           finalizers need the operator) and Gateway, switch off ALB
 #                           deletion protection, and wait until no load balancer of the
@@ -39,15 +42,21 @@ cmd_crds() {
   kubectl wait --for condition=Established --timeout=120s \
     crd/gateways.gateway.networking.k8s.io crd/httproutes.gateway.networking.k8s.io \
     crd/loadbalancerconfigurations.gateway.k8s.aws crd/targetgroupconfigurations.gateway.k8s.aws \
-    crd/listenerruleconfigurations.gateway.k8s.aws
+    crd/listenerruleconfigurations.gateway.k8s.aws \
+    crd/nodepools.karpenter.sh crd/nodeclaims.karpenter.sh crd/ec2nodeclasses.karpenter.k8s.aws
 }
 
 cmd_helm() {
-  : "${RELEASE:?}" "${CHART:?}" "${REPO:?}" "${VERSION:?}" "${NAMESPACE:?}"
+  : "${RELEASE:?}" "${CHART:?}" "${VERSION:?}" "${NAMESPACE:?}"
+  local source=()
+  case "$CHART" in
+    oci://*) ;;  # the chart reference is the registry (Karpenter: oci://public.ecr.aws/karpenter/karpenter)
+    *) source=(--repo "${REPO:?}") ;;
+  esac
   kubeconfig
   printf '%s\n' "${VALUES:-}" > "$WORK/values.yaml"
   log "helm: $RELEASE $CHART $VERSION -> $NAMESPACE"
-  helm upgrade --install "$RELEASE" "$CHART" --repo "$REPO" --version "$VERSION" \
+  helm upgrade --install "$RELEASE" "$CHART" "${source[@]}" --version "$VERSION" \
     --namespace "$NAMESPACE" --create-namespace --values "$WORK/values.yaml" --wait --timeout 10m
 }
 
@@ -81,7 +90,9 @@ token = open(os.path.join(work, "redis-token")).read().strip()
 e = os.environ
 redis = f"{e['REDIS_ENDPOINT']}:{e['REDIS_PORT']}"
 values = {
-    "DATABASE_URL": f"postgresql://{quote(creds['username'], safe='')}:{quote(creds['password'], safe='')}"
+    # No password: RDS rotates it every 7 days. The pods read it per new connection from
+    # DATABASE_PASSWORD_FILE, the SecretProviderClass' CSI-mounted file (re-synced).
+    "DATABASE_URL": f"postgresql://{quote(creds['username'], safe='')}"
                     f"@{e['AURORA_ENDPOINT']}:{e['AURORA_PORT']}/{e['AURORA_DATABASE']}"
                     "?sslmode=verify-full&sslrootcert=/etc/ssl/certs/rds-global-bundle.pem",
     "REDIS_URL": f"rediss://:{quote(token, safe='')}@{redis}/{e['REDIS_APP_DB']}",

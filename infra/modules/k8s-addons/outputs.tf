@@ -17,3 +17,13 @@ output "deploy_values" {
   description = "Input of kuberay/scripts/release.py: ECR repositories, certificate, hostname, VPC CIDR, cluster."
   value       = var.deploy_values
 }
+
+output "app_role_arn" {
+  description = "Role of the Ray pods (Pod Identity, qa/qa-ray): reads the Aurora secret only."
+  value       = aws_iam_role.app.arn
+}
+
+output "karpenter_version" {
+  description = "Deployed Karpenter chart version."
+  value       = terraform_data.release["karpenter"].output.version
+}

@@ -113,3 +113,47 @@ variable "deploy_values" {
     route53_zone_id = string
   })
 }
+
+variable "system_node_labels" {
+  description = "Labels of the system node group (eks output): the nodeSelector of Karpenter, the LB controller and the KubeRay operator, which also tolerate its CriticalAddonsOnly taint."
+  type        = map(string)
+}
+
+variable "karpenter_version" {
+  description = "Karpenter version: the OCI chart version and the git tag its CRDs are applied from (NodePools/EC2NodeClasses are validated against ../shared/crds/karpenter-v1.14.1)."
+  type        = string
+  default     = "1.14.1"
+}
+
+variable "karpenter_controller_role_arn" {
+  description = "IRSA role of the Karpenter controller (eks output)."
+  type        = string
+}
+
+variable "karpenter_interruption_queue_name" {
+  description = "SQS interruption queue (eks output): the chart's settings.interruptionQueue."
+  type        = string
+}
+
+variable "secrets_store_provider_aws_chart_version" {
+  description = "secrets-store-csi-driver-provider-aws chart version (installs the Secrets Store CSI driver 1.5.3 as its subchart, rotation on)."
+  type        = string
+  default     = "2.1.1"
+}
+
+variable "db_password_provider_class" {
+  description = "Name of the SecretProviderClass that mounts the Aurora password (kuberay/ references it)."
+  type        = string
+  default     = "aurora-password"
+}
+
+variable "app_service_account" {
+  description = "Service account of the Ray pods, bound to the role that may read the Aurora secret."
+  type        = string
+  default     = "qa-ray"
+}
+
+variable "aurora_kms_key_arn" {
+  description = "KMS key that encrypts the Aurora master secret (aurora output)."
+  type        = string
+}

@@ -61,6 +61,8 @@ resource "aws_subnet" "private" {
   tags = merge(local.cluster_tag, {
     Name                              = "${var.name}-private-${each.key}"
     "kubernetes.io/role/internal-elb" = "1"
+    # Karpenter's EC2NodeClasses launch nodes into the subnets with this tag.
+    "karpenter.sh/discovery" = var.cluster_name
   })
 }
 

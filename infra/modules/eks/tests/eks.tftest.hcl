@@ -18,8 +18,7 @@ variables {
   vpc_id              = "vpc-0123456789abcdef0"
   private_subnet_ids  = ["subnet-aaaa", "subnet-bbbb"]
   public_access_cidrs = ["203.0.113.0/24"]
-  cpu_node_group      = { instance_types = ["m6i.xlarge"], min_size = 1, max_size = 3, desired_size = 2 }
-  gpu_node_group      = { instance_types = ["g5.xlarge"], min_size = 0, max_size = 1, desired_size = 0 }
+  system_node_group   = { instance_types = ["m6i.xlarge"], min_size = 2, max_size = 3, desired_size = 2 }
 }
 
 run "cluster_hardening" {
@@ -70,32 +69,92 @@ run "nodes_private_and_imdsv2" {
   }
 }
 
-run "gpu_node_group" {
+run "system_node_group_only" {
   command = plan
 
   assert {
-    condition     = aws_eks_node_group.this["gpu"].ami_type == "AL2023_x86_64_NVIDIA"
-    error_message = "GPU nodes must use the NVIDIA AMI."
+    condition     = keys(aws_eks_node_group.this) == ["system"]
+    error_message = "The only managed node group is the system group: Ray workers run on Karpenter's nodes."
   }
 
   assert {
-    condition     = anytrue([for t in aws_eks_node_group.this["gpu"].taint : t.key == "nvidia.com/gpu" && t.effect == "NO_SCHEDULE"])
-    error_message = "GPU nodes must carry the nvidia.com/gpu NoSchedule taint."
+    condition     = anytrue([for t in aws_eks_node_group.this["system"].taint : t.key == "CriticalAddonsOnly" && t.effect == "NO_SCHEDULE"])
+    error_message = "System nodes must carry the CriticalAddonsOnly NoSchedule taint (keeps Ray workers off them)."
   }
 
   assert {
-    condition     = aws_eks_node_group.this["gpu"].labels["workload-type"] == "gpu-inference"
-    error_message = "GPU nodes must be labelled workload-type=gpu-inference."
+    condition     = aws_eks_node_group.this["system"].labels["workload-type"] == "system"
+    error_message = "System nodes must be labelled workload-type=system (the Ray head's nodeSelector)."
   }
 
   assert {
-    condition     = aws_eks_node_group.this["gpu"].scaling_config[0].min_size == 0
-    error_message = "The GPU group must be able to idle at zero nodes."
+    condition     = jsondecode(aws_eks_addon.this["coredns"].configuration_values).nodeSelector["workload-type"] == "system"
+    error_message = "CoreDNS must run on the system group."
+  }
+}
+
+run "system_group_needs_two_nodes" {
+  command = plan
+
+  variables {
+    system_node_group = { instance_types = ["m6i.xlarge"], min_size = 1, max_size = 3, desired_size = 1 }
+  }
+
+  expect_failures = [var.system_node_group]
+}
+
+run "karpenter_names_and_queue" {
+  command = plan
+
+  override_resource {
+    target          = aws_eks_cluster.this
+    override_during = plan
+    values = {
+      identity              = [{ oidc = [{ issuer = "https://oidc.eks.us-east-1.amazonaws.com/id/EXAMPLE" }] }]
+      certificate_authority = [{ data = "Y2E=" }]
+    }
+  }
+
+  override_resource {
+    target          = aws_iam_openid_connect_provider.this
+    override_during = plan
+    values          = { arn = "arn:aws:iam::123456789012:oidc-provider/oidc.eks.us-east-1.amazonaws.com/id/EXAMPLE" }
+  }
+
+  override_resource {
+    target          = aws_sqs_queue.karpenter_interruption
+    override_during = plan
+    values          = { arn = "arn:aws:sqs:us-east-1:123456789012:qa-test" }
   }
 
   assert {
-    condition     = length(aws_eks_node_group.this["cpu"].taint) == 0
-    error_message = "CPU nodes must stay untainted (Ray head and CPU workers)."
+    condition     = aws_iam_role.karpenter_node.name == "qa-test-karpenter-node"
+    error_message = "The node role must be <cluster>-karpenter-node: the EC2NodeClasses' spec.role names it."
+  }
+
+  assert {
+    condition     = aws_sqs_queue.karpenter_interruption.name == "qa-test" && aws_sqs_queue.karpenter_interruption.message_retention_seconds == 300 && aws_sqs_queue.karpenter_interruption.sqs_managed_sse_enabled
+    error_message = "The interruption queue is named after the cluster, keeps messages 300 s and is encrypted (upstream v1.14.1)."
+  }
+
+  assert {
+    condition     = aws_eks_access_entry.karpenter_node.type == "EC2_LINUX"
+    error_message = "Karpenter's nodes join through an EC2_LINUX access entry."
+  }
+
+  assert {
+    condition     = length(aws_cloudwatch_event_target.karpenter) == 5 && alltrue([for t in aws_cloudwatch_event_target.karpenter : t.arn == aws_sqs_queue.karpenter_interruption.arn])
+    error_message = "All five interruption rules must target the queue."
+  }
+
+  assert {
+    condition     = aws_ec2_tag.cluster_sg_discovery.value == "qa-test" && aws_security_group.node.tags["karpenter.sh/discovery"] == "qa-test"
+    error_message = "The cluster SG and the node SG carry karpenter.sh/discovery=<cluster>."
+  }
+
+  assert {
+    condition     = jsondecode(aws_iam_role.karpenter_controller.assume_role_policy).Statement[0].Condition.StringEquals["oidc.eks.us-east-1.amazonaws.com/id/EXAMPLE:sub"] == "system:serviceaccount:kube-system:karpenter"
+    error_message = "The controller role must trust only kube-system/karpenter."
   }
 }
 
@@ -137,7 +196,7 @@ run "public_endpoint_must_be_allow_listed" {
   expect_failures = [var.public_access_cidrs]
 }
 
-run "network_policy_enforcement_and_gpu_labels" {
+run "network_policy_enforcement" {
   command = plan
 
   assert {
@@ -148,11 +207,6 @@ run "network_policy_enforcement_and_gpu_labels" {
   assert {
     condition     = aws_eks_addon.this["vpc-cni"].addon_version == var.vpc_cni_addon_version
     error_message = "The vpc-cni add-on version must be pinned."
-  }
-
-  assert {
-    condition     = lookup(aws_eks_node_group.this["gpu"].labels, "nvidia.com/gpu.present", "") == "true"
-    error_message = "GPU nodes must carry nvidia.com/gpu.present=true (the NVIDIA device plugin's default affinity)."
   }
 }
 

@@ -12,6 +12,11 @@ variables {
   redis_endpoint                = "master.qa-test.abc.use1.cache.amazonaws.com"
   redis_port                    = 6379
   redis_auth_token_secret_arn   = "arn:aws:secretsmanager:us-east-1:123456789012:secret:qa-test-redis"
+  aurora_kms_key_arn            = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555"
+
+  system_node_labels                = { "workload-type" = "system" }
+  karpenter_controller_role_arn     = "arn:aws:iam::123456789012:role/qa-test-karpenter-controller"
+  karpenter_interruption_queue_name = "qa-test"
   deploy_values = {
     environment     = "test"
     region          = "us-east-1"
@@ -33,7 +38,7 @@ run "gateway_stack_versions" {
   }
 
   assert {
-    condition     = terraform_data.crds.input.crd_urls == ["https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.6.1/standard-install.yaml", "https://raw.githubusercontent.com/kubernetes-sigs/aws-load-balancer-controller/v3.5.0/config/crd/gateway/gateway-crds.yaml"]
+    condition     = slice(terraform_data.crds.input.crd_urls, 0, 2) == ["https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.6.1/standard-install.yaml", "https://raw.githubusercontent.com/kubernetes-sigs/aws-load-balancer-controller/v3.5.0/config/crd/gateway/gateway-crds.yaml"]
     error_message = "Gateway API v1.6.1 standard CRDs, then the controller's own gateway.k8s.aws CRDs at its tag, must be installed."
   }
 
@@ -90,4 +95,57 @@ run "old_gateway_api_is_refused" {
   }
 
   expect_failures = [var.gateway_api_version]
+}
+
+run "karpenter_release" {
+  command = plan
+
+  assert {
+    condition     = terraform_data.release["karpenter"].input.version == "1.14.1" && terraform_data.release["karpenter"].input.chart == "oci://public.ecr.aws/karpenter/karpenter" && terraform_data.release["karpenter"].input.namespace == "kube-system"
+    error_message = "Karpenter 1.14.1 from its OCI chart, release karpenter in kube-system (the IRSA role trusts kube-system/karpenter)."
+  }
+
+  assert {
+    condition     = yamldecode(terraform_data.release["karpenter"].input.values).settings.clusterName == var.cluster_name && yamldecode(terraform_data.release["karpenter"].input.values).settings.interruptionQueue == var.karpenter_interruption_queue_name
+    error_message = "settings.clusterName and settings.interruptionQueue must be the cluster and the eks unit's queue."
+  }
+
+  assert {
+    condition     = yamldecode(terraform_data.release["karpenter"].input.values).serviceAccount.annotations["eks.amazonaws.com/role-arn"] == var.karpenter_controller_role_arn
+    error_message = "Karpenter's service account must use its IRSA role."
+  }
+
+  assert {
+    condition     = alltrue([for r in ["karpenter", "kuberay-operator", "aws-load-balancer-controller"] : yamldecode(terraform_data.release[r].input.values).nodeSelector["workload-type"] == "system"])
+    error_message = "Karpenter, the KubeRay operator and the LB controller run on the system node group."
+  }
+
+  assert {
+    condition     = contains(terraform_data.crds.input.crd_urls, "https://raw.githubusercontent.com/aws/karpenter-provider-aws/v1.14.1/pkg/apis/crds/karpenter.sh_nodepools.yaml")
+    error_message = "Karpenter's CRDs are applied from its tag."
+  }
+}
+
+run "db_password_file_and_least_privilege" {
+  command = plan
+
+  assert {
+    condition     = yamldecode(terraform_data.release["secrets-store-csi-driver-provider-aws"].input.values)["secrets-store-csi-driver"].enableSecretRotation == true
+    error_message = "The CSI driver must re-sync mounted secrets (enableSecretRotation)."
+  }
+
+  assert {
+    condition     = yamldecode(terraform_data.secret_provider_class.input.manifest).spec.provider == "aws" && strcontains(yamldecode(terraform_data.secret_provider_class.input.manifest).spec.parameters.objects, var.aurora_master_user_secret_arn)
+    error_message = "The SecretProviderClass mounts the Aurora master secret through the AWS provider."
+  }
+
+  assert {
+    condition     = jsondecode(aws_iam_role_policy.app.policy).Statement[0].Resource == var.aurora_master_user_secret_arn && length(jsondecode(aws_iam_role_policy.app.policy).Statement) == 2
+    error_message = "The Ray pods' role may read exactly the Aurora secret (and decrypt it through Secrets Manager)."
+  }
+
+  assert {
+    condition     = aws_eks_pod_identity_association.app.namespace == "qa" && aws_eks_pod_identity_association.app.service_account == "qa-ray"
+    error_message = "The role is bound to qa/qa-ray only."
+  }
 }

@@ -40,6 +40,11 @@ run "subnet_roles_and_isolation" {
   }
 
   assert {
+    condition     = alltrue([for s in aws_subnet.private : lookup(s.tags, "karpenter.sh/discovery", "") == var.cluster_name]) && alltrue([for s in concat(values(aws_subnet.public), values(aws_subnet.database)) : !contains(keys(s.tags), "karpenter.sh/discovery")])
+    error_message = "Karpenter discovers the private subnets only (karpenter.sh/discovery=<cluster>)."
+  }
+
+  assert {
     condition     = alltrue([for s in aws_subnet.private : s.tags["kubernetes.io/role/internal-elb"] == "1"])
     error_message = "Private (node) subnets must carry the internal-elb role tag."
   }
