@@ -53,6 +53,7 @@ locals {
       values = templatefile("${path.module}/values/karpenter.yaml.tftpl", {
         chart_version      = var.karpenter_version
         cluster_name       = var.cluster_name
+        region             = var.region
         interruption_queue = var.karpenter_interruption_queue_name
         role_arn           = var.karpenter_controller_role_arn
         node_selector      = var.system_node_labels

@@ -116,6 +116,11 @@ run "karpenter_release" {
   }
 
   assert {
+    condition     = yamldecode(terraform_data.release["karpenter"].input.values).controller.env[0].value == var.region
+    error_message = "Karpenter is given its region (pods cannot reach IMDS)."
+  }
+
+  assert {
     condition     = alltrue([for r in ["karpenter", "kuberay-operator", "aws-load-balancer-controller"] : yamldecode(terraform_data.release[r].input.values).nodeSelector["workload-type"] == "system"])
     error_message = "Karpenter, the KubeRay operator and the LB controller run on the system node group."
   }
