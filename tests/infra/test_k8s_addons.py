@@ -404,3 +404,53 @@ def test_karpenter_defaults_match_upstream():
     ours = render_tftpl("karpenter.yaml.tftpl")
     assert set(ours["settings"]) <= set(upstream["settings"]) and set(ours["controller"]) <= set(upstream["controller"])
     assert set(ours) <= set(upstream), set(ours) - set(upstream)
+
+
+# ----------------------------------------------------------------- the DB password file (CSI)
+CSI_PROVIDER_MIRROR = Path("/work/.mirror/aws+secrets-store-csi-driver-provider-aws/repo")
+CSI_DRIVER_MIRROR = Path("/work/.mirror/kubernetes-sigs+secrets-store-csi-driver/repo")
+PROVIDER_TAG = "secrets-store-csi-driver-provider-aws-2.1.1"
+DRIVER_TAG = "v1.5.3"  # the provider chart 2.1.1's Chart.lock pins the driver subchart 1.5.3
+
+
+def secret_provider_class(secret_arn: str = "arn:aws:secretsmanager:us-east-1:1:secret:rds!cluster-x") -> dict:
+    text = (ADDONS / "manifests" / "secretproviderclass.yaml.tftpl").read_text()
+    for k, v in {"name": "aurora-password", "namespace": "qa", "region": "us-east-1", "secret_arn": secret_arn}.items():
+        text = text.replace("${" + k + "}", v)
+    return yaml.safe_load(text)
+
+
+def test_secret_provider_class_mounts_the_password_as_one_file():
+    spc = secret_provider_class()
+    assert spc["spec"]["provider"] == "aws" and spc["spec"]["parameters"]["usePodIdentity"] == "true"
+    [obj] = yaml.safe_load(spc["spec"]["parameters"]["objects"])
+    assert obj["objectName"].endswith("rds!cluster-x") and obj["objectType"] == "secretsmanager"
+    assert obj["jmesPath"] == [{"path": "password", "objectAlias": "password"}]
+    assert "secretObjects" not in spc["spec"], "no copy of the password in a Kubernetes Secret"
+
+
+def _git_show(repo: Path, tag: str, path: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "show", f"{tag}:{path}"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.skipif(not (CSI_PROVIDER_MIRROR.is_dir() and CSI_DRIVER_MIRROR.is_dir()),
+                    reason="no copy of the CSI driver / AWS provider repositories here")
+def test_csi_values_and_secret_provider_class_match_upstream():
+    import jsonschema
+
+    chart = "charts/secrets-store-csi-driver-provider-aws"
+    lock = yaml.safe_load(_git_show(CSI_PROVIDER_MIRROR, PROVIDER_TAG, f"{chart}/Chart.lock"))
+    assert [(d["name"], d["version"]) for d in lock["dependencies"]] == [("secrets-store-csi-driver", "1.5.3")]
+    provider = yaml.safe_load(_git_show(CSI_PROVIDER_MIRROR, PROVIDER_TAG, f"{chart}/values.yaml"))
+    driver = yaml.safe_load(_git_show(CSI_DRIVER_MIRROR, DRIVER_TAG, "charts/secrets-store-csi-driver/values.yaml"))
+    ours = yaml.safe_load((ADDONS / "values" / "secrets-store-csi-driver-provider-aws.yaml").read_text())
+    assert set(ours) <= set(provider)
+    assert set(ours["secrets-store-csi-driver"]) <= set(driver) | {"install"}
+    assert set(ours["secrets-store-csi-driver"]["syncSecret"]) <= set(driver["syncSecret"])
+    crd = yaml.safe_load(_git_show(CSI_DRIVER_MIRROR, DRIVER_TAG, "charts/secrets-store-csi-driver/crds/"
+                                   "secrets-store.csi.x-k8s.io_secretproviderclasses.yaml"))
+    [v1] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    spc = secret_provider_class()
+    assert spc["apiVersion"] == f"{crd['spec']['group']}/v1" and spc["kind"] == crd["spec"]["names"]["kind"]
+    jsonschema.validate(spc, v1["schema"]["openAPIV3Schema"])
