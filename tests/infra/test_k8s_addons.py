@@ -454,3 +454,18 @@ def test_csi_values_and_secret_provider_class_match_upstream():
     spc = secret_provider_class()
     assert spc["apiVersion"] == f"{crd['spec']['group']}/v1" and spc["kind"] == crd["spec"]["names"]["kind"]
     jsonschema.validate(spc, v1["schema"]["openAPIV3Schema"])
+
+
+@pytest.mark.parametrize("mirror,tag,path,template", [
+    ("ray-project+kuberay", "v1.7.0", "helm-chart/kuberay-operator/values.yaml", "kuberay-operator.yaml.tftpl"),
+    ("kubernetes-sigs+aws-load-balancer-controller", "v3.5.0", "helm/aws-load-balancer-controller/values.yaml",
+     "aws-load-balancer-controller.yaml.tftpl"),
+])
+def test_system_placement_keys_are_the_charts(mirror, tag, path, template):
+    repo = Path("/work/.mirror") / mirror / "repo"
+    if not repo.is_dir():
+        pytest.skip(f"no copy of {mirror} here")
+    upstream = yaml.safe_load(_git_show(repo, tag, path))
+    ours = render_tftpl(template)
+    assert set(ours) <= set(upstream), set(ours) - set(upstream)
+    assert upstream["nodeSelector"] == {} and upstream["tolerations"] == []  # ours replace nothing upstream sets
