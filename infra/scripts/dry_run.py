@@ -57,7 +57,7 @@ KNOWN: list[tuple[str, str]] = [
     (r"kubectl -n qa get secret app-credentials", "cluster only"),
     (r"kubectl -n kube-system rollout status deployment/karpenter --timeout=\S+", "cluster only"),
     (r"kubectl -n qa get secretproviderclass (?P<spc>\S+)", "cluster only; name checked against k8s-addons"),
-    (r"kubectl get nodepools,ec2nodeclasses", "cluster only; the overlay's NodePools/EC2NodeClasses validated (step 4)"),
+    (r"kubectl get nodepools,ec2nodeclasses", "cluster only; the overlay's NodePools/EC2NodeClasses: step 4"),
     (r"kubectl get nodeclaims -o wide", "cluster only"),
     (r"python3 kuberay/scripts/release\.py --env \$ENV", "run with --dry-run and the resolved deploy_values"),
     (r"kubectl apply --server-side -k (?P<overlay>kuberay/deploy/\$ENV)", "that overlay rendered and validated"),

@@ -108,7 +108,8 @@ def db_password_source() -> tuple[str | None, str | None]:
 
     var = re.search(r'variable "db_password_provider_class" \{.*?default\s*=\s*"([^"]+)"',
                     (ADDONS / "variables.tf").read_text(), flags=re.S)
-    alias = re.search(r'objectAlias:\s*"([^"]+)"', (ADDONS / "manifests" / "secretproviderclass.yaml.tftpl").read_text())
+    manifest = (ADDONS / "manifests" / "secretproviderclass.yaml.tftpl").read_text()
+    alias = re.search(r'objectAlias:\s*"([^"]+)"', manifest)
     return (var.group(1) if var else None), (alias.group(1) if alias else None)
 
 
