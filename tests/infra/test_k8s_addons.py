@@ -306,12 +306,18 @@ def test_pre_destroy_deletes_workloads_then_waits_for_the_alb(stubs):
     assert order[2].startswith("kubectl delete gateways.gateway.networking.k8s.io --all --all-namespaces --wait")
     polls = [c for c in calls if "resourcegroupstaggingapi" in c]
     assert len(polls) == 4 and "Key=elbv2.k8s.aws/cluster,Values=qa-test" in polls[0]
+    # then Karpenter's capacity, after the last poll (the ALB is gone) and in this order
+    assert order[3:] == ["kubectl delete nodepools.karpenter.sh --all --wait --timeout=10m",
+                         "kubectl delete nodeclaims.karpenter.sh --all --wait --timeout=10m",
+                         "kubectl delete ec2nodeclasses.karpenter.k8s.aws --all --wait --timeout=10m"]
+    assert calls.index(order[3]) > calls.index(polls[-1])
 
 
 def test_pre_destroy_fails_while_the_alb_remains(stubs):
     (stubs.state / "lb").write_text("100")
-    res, _ = stubs("pre-destroy", PRE_DESTROY_POLLS="3")
+    res, calls = stubs("pre-destroy", PRE_DESTROY_POLLS="3")
     assert res.returncode != 0 and "would block deleting the VPC" in res.stderr
+    assert not any("karpenter" in c for c in calls if c.startswith("kubectl delete"))
 
 
 def test_pre_destroy_without_cluster_is_a_no_op(stubs):

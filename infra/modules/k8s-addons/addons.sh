@@ -14,7 +14,9 @@
 #   addons.sh pre-destroy   before the controllers go: delete every RayService (KubeRay's
 #                           finalizers need the operator) and Gateway, switch off ALB
 #                           deletion protection, and wait until no load balancer of the
-#                           cluster is left, so destroying eks/network is not blocked
+#                           cluster is left, then delete Karpenter's NodePools/NodeClaims/
+#                           EC2NodeClasses (its instances and instance profiles), so
+#                           destroying eks/network is not blocked
 # Common: CLUSTER_NAME, REGION. Tests: tests/infra/test_k8s_addons.py runs every
 # subcommand against recording stand-ins of aws/kubectl/helm.
 set -euo pipefail
@@ -133,17 +135,32 @@ cmd_pre_destroy() {
     kubectl delete gateways.gateway.networking.k8s.io --all --all-namespaces --wait --timeout=10m
   fi
   # The controller deletes the ALB, its target groups and security groups; wait for it.
+  local gone=""
   for _ in $(seq 1 "${PRE_DESTROY_POLLS:-60}"); do
     left="$(cluster_load_balancers)"
     if [ -z "$left" ] || [ "$left" = "None" ]; then
       log "no load balancer of $CLUSTER_NAME left"
-      return 0
+      gone=1
+      break
     fi
     log "waiting for the controller to delete: $left"
     sleep "${PRE_DESTROY_INTERVAL_S:-10}"
   done
-  log "ERROR: load balancers of $CLUSTER_NAME still exist; they would block deleting the VPC"
-  return 1
+  if [ -z "$gone" ]; then
+    log "ERROR: load balancers of $CLUSTER_NAME still exist; they would block deleting the VPC"
+    return 1
+  fi
+  # Karpenter's nodes are not Terraform's: while Karpenter still runs, delete its NodePools
+  # (their finalizers terminate the instances, whose ENIs would block deleting the subnets
+  # and security groups) and EC2NodeClasses (their finalizers delete the instance profiles
+  # Karpenter made, which would block deleting the node role).
+  if kubectl get crd nodepools.karpenter.sh >/dev/null 2>&1; then
+    kubectl delete nodepools.karpenter.sh --all --wait --timeout=10m
+    kubectl delete nodeclaims.karpenter.sh --all --wait --timeout=10m
+  fi
+  if kubectl get crd ec2nodeclasses.karpenter.k8s.aws >/dev/null 2>&1; then
+    kubectl delete ec2nodeclasses.karpenter.k8s.aws --all --wait --timeout=10m
+  fi
 }
 
 case "${1:-}" in
