@@ -33,6 +33,7 @@ def build_app(args: dict[str, Any]) -> Application:
         from ray.serve.llm import build_llm_deployment
 
         from serve_app.llm import deployment_name, llm_config
+        from serve_app.llm_server import QALLMServer
 
         gpus = _cluster_gpus()
         for model in app_args.llm.models:
@@ -45,6 +46,9 @@ def build_app(args: dict[str, Any]) -> Application:
                 name = deployment_name(model, pool)
                 deployment = build_llm_deployment(
                     llm_config(model, pool),
+                    # Ray's LLMServer, keeping the replica's Serve log handlers
+                    # alive across vLLM's logging setup (serve_app/llm_server.py).
+                    deployment_cls=QALLMServer,
                     # Access lines carry the request id the ingress passed
                     # along, so one question can be followed into its pool.
                     # (A deployment's logging_config replaces the app's: repeat JSON.)

@@ -52,9 +52,10 @@ def llm_config(model: ModelArgs, pool: PoolArgs) -> Any:
     # actor itself only coordinates and must not reserve a second CPU/GPU.
     serve_options["ray_actor_options"] = {"num_cpus": 0, "num_gpus": 0}
 
-    # vLLM's logging setup removes Serve's file handler in the LLM replicas:
-    # stderr (logs/worker-*.err) is where their lines, request ids included,
-    # land, and Serve's throughput-optimized mode stops copying them there.
+    # Also to stderr (logs/worker-*.err), beside Serve's replica log file:
+    # Serve's throughput-optimized mode stops copying replica lines there, and
+    # vLLM's own lines go there too. (vLLM's logging setup used to close the
+    # replica's Serve log handler: serve_app/llm_server.py keeps it.)
     env = {"RAY_SERVE_LOG_TO_STDERR": "1"}
     if not source.startswith(("s3://", "gs://")) and Path(source).exists():
         env["HF_HUB_OFFLINE"] = "1"

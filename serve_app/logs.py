@@ -7,9 +7,12 @@ id, route and replica fields; elsewhere a plain JSON handler writes to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import logging.handlers
 import time
+from collections.abc import Iterator
 
 from serve_app.request_id import current_request_id
 
@@ -49,6 +52,31 @@ def configure_logging(level: str = "INFO", *, under_serve: bool = False) -> None
         handler = logging.StreamHandler()
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
+
+
+# Serve's replica handlers sit on this logger (serve_app's logger shares them).
+SERVE_LOGGER = "ray.serve"
+
+
+@contextlib.contextmanager
+def serve_log_handlers_kept(logger_names: tuple[str, ...] = (SERVE_LOGGER,)) -> Iterator[None]:
+    """Gives the loggers' ``MemoryHandler``s their targets back when the block
+    ends, if something closed them meanwhile: vLLM's ``dictConfig`` closes every
+    handler of the process (see serve_app/llm_server.py). A ``MemoryHandler``
+    without a target keeps its buffer, so nothing logged meanwhile is lost; the
+    file handler behind it reopens its file at the next write."""
+    saved = [
+        (handler, handler.target)
+        for name in logger_names
+        for handler in logging.getLogger(name).handlers
+        if isinstance(handler, logging.handlers.MemoryHandler) and handler.target is not None
+    ]
+    try:
+        yield
+    finally:
+        for handler, target in saved:
+            if handler.target is None:
+                handler.setTarget(target)
 
 
 def redact_email(email: str) -> str:
