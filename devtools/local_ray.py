@@ -122,6 +122,9 @@ class RayNode:
     # This node's Serve HTTP entry (its HAProxy or proxy; Serve's
     # proxy_location EveryNode). On EKS the serve Service selects worker pods.
     http_port: int
+    # Its dashboard agent: KubeRay's probes ask it (/api/healthz,
+    # /api/local_raylet_healthz).
+    agent_port: int = 0
     env: dict[str, str] = field(repr=False, default_factory=dict)
     args: list[str] = field(repr=False, default_factory=list)
 
@@ -235,6 +238,7 @@ class LocalRay:
         if self.gcs_redis_address:
             env[GCS_REDIS_ENV] = self.gcs_redis_address
             env[GCS_NAMESPACE_ENV] = str(self.gcs_storage_namespace)
+        agent_port = free_port()
         args = [
             "start", "--head",
             f"--port={self.gcs_port}",
@@ -246,10 +250,11 @@ class LocalRay:
             f"--num-cpus={self.head_cpus}",
             # Defaults 10001 and 52365: a second cluster on the machine would clash.
             f"--ray-client-server-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-listen-port={agent_port}",
             "--disable-usage-stats",
         ]
-        self.head = RayNode("head", self._node_marker("head"), self.metrics_port, self.http_port, env, args)
+        self.head = RayNode("head", self._node_marker("head"), self.metrics_port, self.http_port, agent_port, env,
+                            args)
         self._ray(*args, env=env)
         # This cluster's session (not session_latest, which another cluster
         # started meanwhile would take): its logs/ holds every replica's log.
@@ -297,10 +302,10 @@ class LocalRay:
     def add_worker(self, num_cpus: int, memory_bytes: int | None = None) -> RayNode:
         """A worker node process, shaped like a KubeRay worker group."""
         # Each node's metrics agent exports only its own node's processes.
-        port = free_port()
+        port, agent_port = free_port(), free_port()
         name = f"worker-{len(self.workers) + 1}"
         args = ["start", f"--address={self.address}", f"--num-cpus={num_cpus}", f"--metrics-export-port={port}",
-                f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"]
+                f"--dashboard-agent-listen-port={agent_port}", "--disable-usage-stats"]
         if memory_bytes:
             args.append(f"--memory={memory_bytes}")
         # Each node runs its own Serve entry (proxy_location EveryNode): on one
@@ -315,7 +320,7 @@ class LocalRay:
         if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
             env.update({k: str(free_port()) for k in (
                 "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")})
-        node = RayNode(name, self._node_marker(name), port, http_port, env, args)
+        node = RayNode(name, self._node_marker(name), port, http_port, agent_port, env, args)
         self._ray(*args, env=env)
         self.worker_metrics_ports.append(port)
         self.workers.append(node)
