@@ -2,6 +2,13 @@
 head (no work) and two 4-CPU worker node processes, and the repo's
 serve_config.yaml deployed on it with the real CPU pool and model.
 
+Shaped like the RayService: the head's GCS keeps the cluster's state in its
+own throwaway Redis (GCS fault tolerance, RAY_REDIS_ADDRESS and a per-cluster
+namespace, as KubeRay sets them), every node runs its own Serve HTTP entry
+(proxy_location EveryNode) and the workers get a GCS reconnect timeout
+(RAY_gcs_rpc_server_reconnect_timeout_s, KubeRay's 600 s scaled down to
+``WORKER_GCS_RECONNECT_S`` so the tier can outlast it).
+
 Everything here is started by the tier and torn down by it; the machine's
 shared PostgreSQL and Redis are never used, stopped or paused.
 """
@@ -18,7 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
-from devtools.local_ray import LocalRay
+from devtools.local_ray import GCS_RECONNECT_ENV, LocalRay, RayNode
 from devtools.provision import is_provisioned, provision_model
 from serve_app.auth import create_api_key
 from serve_app.settings import Settings
@@ -29,6 +36,16 @@ from tests.serve_harness import REPO, args_from_serve_config, make_test_cluster
 APP = "qa"
 MODEL_DIR = REPO / "models" / "SmolLM2-135M-Instruct"
 LLM_NEEDLE = "cpu-pool"
+# How long a worker node keeps retrying a lost GCS before its raylet (and
+# every replica on it) exits. KubeRay v1.7.0 sets 600 s on worker pods
+# (ray-operator/controllers/ray/common/pod.go, configureGCSFaultTolerance);
+# scaled down here so a head outage past it fits in the tier. The head-kill
+# scenario's outage (kill, down, `ray start`, GCS reload) stays well below it.
+WORKER_GCS_RECONNECT_S = 40
+# The scenarios run in this order (the stack is shared): control-plane
+# scenarios on the full cluster first, then test_faults.py (its worker-node kill
+# leaves one worker), then the head lost for good (it takes the workers down).
+MODULE_ORDER = ("test_control_plane.py", "test_faults.py", "test_head_lost.py")
 
 
 @dataclass
@@ -36,6 +53,10 @@ class FaultStack:
     cluster: LocalRay
     pg: ThrowawayPostgres
     redis: ThrowawayRedis
+    # The GCS's own Redis (on EKS the same ElastiCache holds both, apart by
+    # key prefix; here apart, so the app's Redis scenarios do not also stop
+    # the GCS: kuberay/README.md).
+    gcs_redis: ThrowawayRedis
     prefix: str
     api_key: str
     head_raylet: int
@@ -57,6 +78,11 @@ class FaultStack:
 
     def llm_replicas(self) -> list[tuple[psutil.Process, int]]:
         return procs.serve_replicas(self.raylets(), LLM_NEEDLE)
+
+    def live_workers(self) -> list[RayNode]:
+        """Worker nodes whose raylet still runs."""
+        alive = set(self.raylets())
+        return [w for w in self.cluster.workers if any(p in alive for p in procs.node_raylets(w.marker))]
 
 
 def fault_args() -> dict[str, Any]:
@@ -95,14 +121,16 @@ async def fault_stack() -> AsyncIterator[FaultStack]:
     if not is_provisioned(MODEL_DIR):
         await asyncio.to_thread(provision_model, "local-gguf", MODEL_DIR, progress=False)
     t0 = time.monotonic()
-    pg, redis = ThrowawayPostgres(), ThrowawayRedis()
-    cluster = make_test_cluster(head_cpus=0)
+    pg, redis, gcs_redis = ThrowawayPostgres(), ThrowawayRedis(), ThrowawayRedis()
+    cluster = make_test_cluster(head_cpus=0, gcs_redis_address=f"127.0.0.1:{gcs_redis.port}",
+                                worker_env={GCS_RECONNECT_ENV: str(WORKER_GCS_RECONNECT_S)})
     ray_started = False
     stack: FaultStack | None = None
     try:
         await asyncio.to_thread(pg.init)
         await asyncio.to_thread(pg.start)
         await asyncio.to_thread(redis.start)
+        await asyncio.to_thread(gcs_redis.start)
         api_key = await create_api_key(pg.dsn, "fault-tests", Settings(database_sslmode="disable"))
         # Set before starting: a half-started cluster must be stopped too.
         ray_started = True
@@ -114,8 +142,8 @@ async def fault_stack() -> AsyncIterator[FaultStack]:
         )
         took = await asyncio.to_thread(cluster.deploy, config, 900)
         print(f"\n[faults] servers and Ray (head + 2 workers) up in {t_cluster:.1f}s, app deployed in {took:.1f}s "
-              f"(PostgreSQL :{pg.port}, Redis :{redis.port})", flush=True)
-        stack = FaultStack(cluster, pg, redis, prefix, api_key, head_raylet)
+              f"(PostgreSQL :{pg.port}, Redis :{redis.port}, GCS Redis :{gcs_redis.port})", flush=True)
+        stack = FaultStack(cluster, pg, redis, gcs_redis, prefix, api_key, head_raylet)
         yield stack
     finally:
         if ray_started:
@@ -127,6 +155,16 @@ async def fault_stack() -> AsyncIterator[FaultStack]:
         redis.resume()
         pg.destroy()
         redis.destroy()
+        gcs_redis.destroy()
+
+
+def pytest_collection_modifyitems(items: list[Any]) -> None:
+    """Runs the modules in MODULE_ORDER (stable within a module)."""
+    def rank(item: Any) -> int:
+        name = item.path.name
+        return MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER)
+
+    items.sort(key=rank)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

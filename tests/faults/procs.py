@@ -34,6 +34,20 @@ def raylets(gcs_port: int) -> dict[int, psutil.Process]:
     return found
 
 
+def node_raylets(marker: str) -> list[int]:
+    """Pids of the raylets carrying one LocalRay node marker."""
+    from devtools.local_ray import node_processes
+
+    out = []
+    for p in node_processes(marker):
+        try:
+            if p.cmdline() and p.cmdline()[0].endswith("/raylet"):
+                out.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return out
+
+
 def descendants(root: psutil.Process) -> list[psutil.Process]:
     try:
         return root.children(recursive=True)
