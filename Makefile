@@ -55,8 +55,10 @@ test-llm: model system-deps
 	$(PY) -m pytest tests/llm -q
 
 # Issue 7: kills and hangs its own throwaway PostgreSQL/Redis and Ray processes
-# (an LLM replica, a worker node) under load; about 9.5 minutes here (three
-# vLLM cold starts: the deploy and two replacements).
+# (an LLM replica, a worker node) under load; issue 17: the head (GCS on its own
+# Redis) killed and replaced, two `serve deploy` under locust, the head lost past
+# the workers' reconnect timeout. About 16 minutes here (five vLLM cold starts:
+# the deploy, the two redeploys and two replacements; issue 17 adds about 6).
 test-faults: model system-deps
 	$(PY) -m pytest tests/faults -q
 
