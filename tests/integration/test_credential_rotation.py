@@ -32,9 +32,69 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = 8
-WINDOW_S = 3.0  # the secret operator's sync delay we simulate
-RECOVERY_S = 3.0  # after the sync: the pool reopens its connections (scram handshakes on a busy machine)
+WINDOW_S = 3.0  # the secret operator's sync delay we simulate (scenario length, not a wait for anything)
 FAST_503_S = 2.5  # db_connect_timeout_s (2 s) + slack: a 503 must never hang
+WARM_OK = 3  # successes per client before the rotation: the pool is warm
+SETTLED_OK = 20  # consecutive successes per client after the sync: recovered
+PHASE_DEADLINE_S = 60.0  # bound on each polled phase; far above what any run needed
+STALL_S = 0.1  # a gap this long in our own event loop is counted as our stall, not the app's
+
+
+class LoopStalls:
+    """When this process's own event loop did not run (CPU starvation on a loaded CI
+    machine, a synchronous call). A client's measured latency includes such gaps even
+    when the app answered at once: on a machine at load ~15 one run showed 503s of
+    2.55 s on the client whose server-side handling took 0.02-0.05 s, and creating
+    the eight httpx clients (each loads the CA bundle synchronously) once stalled the
+    loop for 5.5 s. The latency bound is about the app, so those gaps are taken out."""
+
+    def __init__(self) -> None:
+        self.gaps: list[tuple[float, float]] = []
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            t = time.monotonic()
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            if now - t > STALL_S:
+                self.gaps.append((t, now))
+
+    def within(self, t0: float, t1: float) -> float:
+        return sum(max(0.0, min(t1, b) - max(t0, a)) for a, b in self.gaps)
+
+
+# (client, start, status, latency, Retry-After or error)
+Entry = tuple[int, float, int, float, "str | None"]
+
+
+async def _load(n: int, client: httpx.AsyncClient, stop: asyncio.Event, log: list[Entry]) -> None:
+    while not stop.is_set():
+        t0 = time.monotonic()
+        try:
+            r = await client.get("/users?limit=5")
+            note = r.headers.get("retry-after") if r.status_code != 500 else r.text[:300]
+            log.append((n, t0, r.status_code, time.monotonic() - t0, note))
+        except httpx.HTTPError as exc:
+            log.append((n, t0, -1, time.monotonic() - t0, type(exc).__name__))
+
+
+async def _until(what: str, done, log: list[Entry]) -> None:
+    """Polls (bounded) until done(); a hang is a failure, not a longer sleep."""
+    deadline = time.monotonic() + PHASE_DEADLINE_S
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {PHASE_DEADLINE_S} s; last answers "
+                        f"{[(e[0], e[2], e[4]) for e in log[-3 * CLIENTS:]]}")
+        await asyncio.sleep(0.05)
+
+
+def _streaks(log: list[Entry], since: float) -> list[int]:
+    """Per client: successes in a row at the end of its requests started at or after since."""
+    streak = [0] * CLIENTS
+    for n, t0, status, _, _ in log:
+        if t0 >= since:
+            streak[n] = streak[n] + 1 if status == 200 else 0
+    return streak
 
 
 @pytest.fixture
@@ -55,18 +115,6 @@ async def _admin(pg: ThrowawayPostgres, *sql: str) -> None:
             await conn.execute(stmt)
     finally:
         await conn.close()
-
-
-async def _load(url: str, stop: asyncio.Event, log: list[tuple[float, int, float, str | None]]) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        while not stop.is_set():
-            t0 = time.monotonic()
-            try:
-                r = await client.get("/users?limit=5")
-                note = r.headers.get("retry-after") if r.status_code != 500 else r.text[:300]
-                log.append((t0, r.status_code, time.monotonic() - t0, note))
-            except httpx.HTTPError as exc:
-                log.append((t0, -1, time.monotonic() - t0, type(exc).__name__))
 
 
 @pytest.fixture
@@ -114,37 +162,57 @@ def app_url(scram_postgres, tmp_path):
 async def test_password_rotation_under_load(scram_postgres, app_url):
     pg = scram_postgres
     url, password_file, server = app_url
-    log: list[tuple[float, int, float, str | None]] = []
+    log: list[Entry] = []
     stop = asyncio.Event()
-    clients = [asyncio.create_task(_load(url, stop, log)) for _ in range(CLIENTS)]
-    await asyncio.sleep(2)
-    # 1. AWS rotates: the database has the new password, the secret does not yet.
-    await _admin(pg, "ALTER ROLE qa_app PASSWORD 'second-password'")
-    t_rotated = time.monotonic()
-    await _admin(pg, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'qa_app'")
-    await asyncio.sleep(WINDOW_S)
-    # 2. The operator re-syncs the secret: the file changes in place, as a Secret volume does.
-    password_file.write_text("second-password\n")
-    t_synced = time.monotonic()
-    await asyncio.sleep(RECOVERY_S + 4)
-    stop.set()
-    await asyncio.gather(*clients)
+    stalls = LoopStalls()
+    # Clients first (each loads a CA bundle, synchronously): their set-up is not load.
+    http = [httpx.AsyncClient(base_url=url, timeout=10) for _ in range(CLIENTS)]
+    watcher = asyncio.create_task(stalls.watch(stop))
+    clients = [asyncio.create_task(_load(n, c, stop, log)) for n, c in enumerate(http)]
+    try:
+        await _until("every client served before the rotation",
+                     lambda: min(_streaks(log, 0.0)) >= WARM_OK, log)
+        # 1. AWS rotates: the database has the new password, the secret does not yet.
+        t_rotation = time.monotonic()
+        await _admin(pg, "ALTER ROLE qa_app PASSWORD 'second-password'",
+                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'qa_app'")
+        await asyncio.sleep(WINDOW_S)
+        # 2. The operator re-syncs the secret: the file changes in place, as a Secret volume does.
+        password_file.write_text("second-password\n")
+        t_synced = time.monotonic()
+        await _until("every client served again after the sync, without a restart",
+                     lambda: min(_streaks(log, t_synced)) >= SETTLED_OK, log)
+    finally:
+        stop.set()
+        await asyncio.gather(*clients, watcher)
+        for c in http:
+            await c.aclose()
 
     assert server.poll() is None, "the app must not restart"
-    before = [e for e in log if e[0] < t_rotated]
-    window = [e for e in log if t_rotated <= e[0] < t_synced + RECOVERY_S]
-    after = [e for e in log if e[0] >= t_synced + RECOVERY_S]
-    first_ok = min((e[0] for e in log if e[0] >= t_synced and e[1] == 200), default=float("nan"))
-    print(f"\nrequests: {len(before)} before, {len(window)} from the rotation to sync + {RECOVERY_S} s "
-          f"({sum(1 for e in window if e[1] == 503)} x 503), {len(after)} after; first success "
-          f"{first_ok - t_synced:.2f} s after the sync")
-    assert before and all(e[1] == 200 for e in before)
-    # In the window: answers or fast 503s with Retry-After, never a 500 or a hang.
-    assert all(e[1] in (200, 503) for e in window), [e for e in window if e[1] not in (200, 503)]
-    assert all(e[2] < FAST_503_S and e[3] for e in window if e[1] == 503)
-    # Then every request succeeds on new connections, with no restart: the 503s are bounded
-    # to the rotation window plus the pool's reconnection.
-    assert after and all(e[1] == 200 for e in after), sorted({e[1] for e in after})
+    # A request is judged by when it ran: one started before the rotation but still in
+    # flight when the connections were cut belongs to the rotation, not to "before".
+    before = [e for e in log if e[1] + e[3] < t_rotation]
+    during = [e for e in log if e[1] + e[3] >= t_rotation and e[1] < t_synced]
+    after = [e for e in log if e[1] >= t_synced]
+    served_s = {id(e): e[3] - stalls.within(e[1], e[1] + e[3]) for e in log}
+    first_ok = min((e[1] for e in after if e[2] == 200), default=float("nan"))
+    print(f"\nrequests: {len(before)} before, {len(during)} from the rotation to the sync "
+          f"({sum(1 for e in during if e[2] == 503)} x 503), {len(after)} after "
+          f"({sum(1 for e in after if e[2] == 503)} x 503); first success {first_ok - t_synced:.2f} s "
+          f"after the sync; own event-loop stalls {sum(b - a for a, b in stalls.gaps):.2f} s "
+          f"(longest {max((b - a for a, b in stalls.gaps), default=0.0):.2f} s)")
+    assert before and all(e[2] == 200 for e in before), [e for e in before if e[2] != 200]
+    # The rotation bit: the old password was refused until the sync.
+    assert any(e[2] == 503 for e in during)
+    # Throughout: answers or fast 503s with Retry-After, never a 500, an error or a hang.
+    assert all(e[2] in (200, 503) for e in log), [e for e in log if e[2] not in (200, 503)]
+    slow = [(e, round(served_s[id(e)], 2)) for e in log if e[2] == 503 and served_s[id(e)] >= FAST_503_S]
+    assert not slow, f"503s that hung (latency minus our own loop's stalls): {slow[:10]}"
+    assert all(e[4] for e in log if e[2] == 503), "a 503 without Retry-After"
+    # After the sync new connections take the new password: a request started then
+    # has no reason to be refused, so at most a few 503s (observed: none), and every
+    # client ends on SETTLED_OK successes in a row (the polled condition above).
+    assert sum(1 for e in after if e[2] == 503) <= CLIENTS, [e for e in after if e[2] != 200][:10]
     conn = await asyncpg.connect(pg.admin_dsn)
     try:
         fresh = await conn.fetchval(
