@@ -66,7 +66,7 @@ def run_client(base_url: str, model_id: str, tokenizer: str, workload: dict[str,
                "--dataset-name", "random", "--random-input-len", str(workload["input_len"]),
                "--random-output-len", str(workload["output_len"]), "--num-prompts", str(workload["num_prompts"]),
                "--max-concurrency", str(workload["concurrency"]), "--seed", str(seed),
-               "--temperature", "0", "--disable-tqdm", "--ready-check-timeout-sec", "120"]
+               "--temperature", "0", "--ignore-eos", "--disable-tqdm", "--ready-check-timeout-sec", "120"]
         t0 = time.monotonic()
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
