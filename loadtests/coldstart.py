@@ -65,8 +65,9 @@ def pool_deployment(cluster: LocalRay, app: str) -> str | None:
 
 
 def running_replicas(cluster: LocalRay, app: str, deployment: str) -> int:
+    """RUNNING replicas of the deployment (the dashboard's DeploymentDetails.replicas)."""
     d = cluster.deployments(app).get(deployment) or {}
-    return int((d.get("replica_states") or {}).get("RUNNING", 0))
+    return sum(1 for r in d.get("replicas") or [] if r.get("state") == "RUNNING")
 
 
 def cold_start(cluster: LocalRay, config: dict[str, Any], timeout_s: float = 600) -> dict[str, Any]:

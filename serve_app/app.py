@@ -32,7 +32,7 @@ def build_app(args: dict[str, Any]) -> Application:
     if app_args.llm is not None:
         from ray import serve
 
-        from serve_app.llm import deployment_name, deployment_options, llm_config
+        from serve_app.llm import deployment_name, deployment_options, replica_llm_config
         from serve_app.pool_server import PoolServer
 
         gpus = _cluster_gpus()
@@ -47,7 +47,7 @@ def build_app(args: dict[str, Any]) -> Application:
                 # Built from our config alone: Ray Serve LLM (and vLLM) are
                 # imported in the pool's replica, not here (issue 16).
                 deployment = serve.deployment(PoolServer, **deployment_options(model, pool, name)).bind(
-                    llm_config(model, pool))
+                    replica_llm_config(model, pool))
                 autoscaling = pool.deployment.autoscaling
                 pools.append(
                     {

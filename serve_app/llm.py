@@ -72,6 +72,18 @@ def llm_config(model: ModelArgs, pool: PoolArgs) -> dict[str, Any]:
     }
 
 
+def replica_llm_config(model: ModelArgs, pool: PoolArgs) -> dict[str, Any]:
+    """``llm_config`` as the pool replica is constructed with: without the
+    replica count or autoscaling bounds, which Serve reads from the
+    deployment's options. Constructor arguments are part of a deployment's
+    version: with them in, changing min_replicas would restart every running
+    engine instead of only adding or removing replicas."""
+    cfg = llm_config(model, pool)
+    cfg["deployment_config"] = {k: v for k, v in cfg["deployment_config"].items()
+                                if k not in ("autoscaling_config", "num_replicas")}
+    return cfg
+
+
 # Ray Serve LLM's defaults for its deployments (Ray 2.60.0,
 # ray/llm/_internal/serve/core/server/builder.py DEFAULT_DEPLOYMENT_OPTIONS and
 # ray/llm/_internal/serve/constants.py); repeated here because importing them

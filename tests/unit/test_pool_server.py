@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from serve_app.config import REPO_ROOT, AppArgs
-from serve_app.llm import deployment_name, deployment_options, llm_config
+from serve_app.llm import deployment_name, deployment_options, llm_config, replica_llm_config
 from serve_app.pool_server import _cgroup_cpu_limit, _ranges, node_cpu_env, usable_cpus
 from tests.serve_harness import args_from_serve_config
 
@@ -45,7 +45,7 @@ def test_pool_config_is_what_serve_llm_builds() -> None:
     from ray.serve.llm import LLMConfig
 
     model, pool = _cpu_pool()
-    cfg = LLMConfig.model_validate(llm_config(model, pool))
+    cfg = LLMConfig.model_validate(replica_llm_config(model, pool))
     name = deployment_name(model, pool)
     opts = deployment_options(model, pool, name)
     engine = cfg.get_engine_config()
@@ -85,3 +85,14 @@ def test_cgroup_limit(tmp_path: Path) -> None:
 def test_shipped_cpu_pool_derives_its_binding_on_the_node() -> None:
     _, pool = _cpu_pool()
     assert pool.env.get("VLLM_CPU_OMP_THREADS_BIND") == "node"
+
+
+def test_replica_count_is_not_a_constructor_argument() -> None:
+    """Raising min_replicas must add replicas, not restart the running engines
+    (a deployment's constructor arguments are part of its version)."""
+    model, pool = _cpu_pool()
+    more = pool.model_copy(deep=True)
+    more.deployment.autoscaling.min_replicas = more.deployment.autoscaling.max_replicas = 2
+    assert replica_llm_config(model, pool) == replica_llm_config(model, more)
+    assert llm_config(model, pool) != llm_config(model, more)
+    assert deployment_options(model, more, "x")["autoscaling_config"]["min_replicas"] == 2
