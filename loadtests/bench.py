@@ -379,7 +379,7 @@ def ttft_reps(once: Callable[[], dict[str, Any]], reps: int) -> dict[str, Any]:
     """``reps`` runs of one TTFT level: the pooled summary, plus each run's p50."""
     runs = [once() for _ in range(reps)]
     pooled = {"wall_s": sum(r["wall_s"] for r in runs), "results": [x for r in runs for x in r["results"]],
-              "errors": [e for r in runs for e in r["errors"]]}
+              "errors": [e for r in runs for e in r.get("errors") or []]}  # the direct engine reports none
     out = llm_summary(pooled)
     out["reps_ttft_p50_ms"] = [llm_summary(r)["ttft_p50_ms"] for r in runs]
     return out
