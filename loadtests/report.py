@@ -203,7 +203,7 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
     # 5. cold start
     cs = res.get("cold_start") or {}
     L.append("## 5. Cold start\n")
-    L.append(md_table(["deploy -> app RUNNING", "deploy -> first answered question",
+    L.append(md_table(["deploy -> LLM pool replica RUNNING", "deploy -> first answered question",
                        "direct engine: start -> first answer (same args)", "vLLM's server: start -> healthy",
                        "Ray head start"], [[
         fmt(cs.get("running_s"), 1, " s"), fmt(cs.get("first_answer_s"), 1, " s"),
@@ -257,6 +257,10 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
     if pngs:
         L.append("## Plots\n")
         L.extend(f"![{p}]({p})\n" for p in pngs)
+    if res.get("notes"):
+        L.append("## Notes on this run\n")
+        L.extend(f"- {n}" for n in res["notes"])
+        L.append("")
     if res.get("errors"):
         L.append("## Steps that failed in this run\n")
         L.extend(f"- **{k}**: `{v[:400]}`" for k, v in res["errors"].items())

@@ -134,3 +134,12 @@ def test_goal_rows_are_found_by_the_script() -> None:
     assert len(goal_rows(md)) == 9
     # a report without them (issue 6's) is told apart
     assert required_rows("## Goals\n\n| # | what |\n|---|---|\n| 1 | other |\n")["deploy_to_first_answer"] is None
+def test_committed_report_has_the_goal_rows() -> None:
+    """loadtests/results/report.md, as committed by the last `make bench`."""
+    from pathlib import Path
+
+    from loadtests.goals import required_rows
+
+    report = Path(__file__).resolve().parents[2] / "loadtests" / "results" / "report.md"
+    found = required_rows(report.read_text())
+    assert all(found.values()), found
