@@ -19,7 +19,6 @@ import json
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -342,14 +341,16 @@ class LocalRay:
         return config
 
     def deploy(self, config: dict[str, Any], timeout_s: float = 600, progress: bool = False) -> float:
-        """`serve deploy` the config; returns seconds until the app is RUNNING."""
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            yaml.safe_dump(config, f)
+        """Deploys the config (what `serve deploy` does: PUT /api/serve/applications/
+        on the dashboard, Ray 2.60.0 ray/dashboard/modules/serve/sdk.py); returns
+        seconds until the app is RUNNING. Done here rather than by the `serve`
+        CLI, whose own start (a Python process importing Ray) took several
+        seconds of the cold start on 2 busy cores (issue 16)."""
         t0 = time.monotonic()
-        out = subprocess.run([str(BIN / "serve"), "deploy", f.name, "-a", self.dashboard], env=self.env,
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-        if out.returncode != 0:
-            raise RuntimeError(f"serve deploy failed: {out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+        r = httpx.put(f"{self.dashboard}/api/serve/applications/", json=config, headers=self.auth_headers(),
+                      timeout=120)
+        if r.status_code != 200:
+            raise RuntimeError(f"serve deploy failed: HTTP {r.status_code}: {r.text[-4000:]}")
         return self.wait_running(config["applications"][0]["name"], timeout_s, t0, progress)
 
     def wait_running(self, name: str, timeout_s: float, t0: float | None = None, progress: bool = False) -> float:

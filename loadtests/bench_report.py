@@ -105,3 +105,31 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     for row in rows:
         lines.append("| " + " | ".join(str(c) for c in row) + " |")
     return "\n".join(lines)
+
+
+def spread(values: Iterable[float | None]) -> dict[str, Any] | None:
+    """min / median / max of the measured values (None ones dropped); None when none."""
+    data = sorted(float(v) for v in values if v is not None)
+    if not data:
+        return None
+    return {"min": data[0], "median": percentile(data, 50), "max": data[-1], "n": len(data)}
+
+
+def fmt_spread(s: dict[str, Any] | None, digits: int = 2, unit: str = "") -> str:
+    """"0.93 (0.91-0.95, n=3)": the median, then the range over the repeats."""
+    if not s:
+        return "n/a"
+    if s["n"] == 1:
+        return fmt(s["median"], digits, unit)
+    return f"{fmt(s['median'], digits, unit)} ({fmt(s['min'], digits)}-{fmt(s['max'], digits)}, n={s['n']})"
+
+
+def pairwise(a: Sequence[float | None], b: Sequence[float | None], op: str = "ratio") -> list[float | None]:
+    """Run i of ``a`` against run i of ``b``: a/b (``ratio``) or a-b (``diff``)."""
+    out: list[float | None] = []
+    for x, y in zip(a, b, strict=False):
+        if op == "ratio":
+            out.append(ratio(x, y))
+        else:
+            out.append(None if x is None or y is None else x - y)
+    return out

@@ -15,7 +15,10 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
+
+REPO = str(Path(__file__).resolve().parent.parent)
 
 
 async def _one(engine: Any, prompt: str, params: Any) -> dict[str, Any]:
@@ -44,7 +47,11 @@ async def _closed_loop(engine: Any, prompts: list[str], params: Any, concurrency
 
 
 async def main(spec: dict[str, Any]) -> dict[str, Any]:
-    os.environ.update(spec.get("env") or {})
+    sys.path.insert(0, REPO)
+    from serve_app.pool_server import node_cpu_env
+
+    # The pool's "VLLM_CPU_OMP_THREADS_BIND: node" resolved as its replica does.
+    os.environ.update(node_cpu_env(spec.get("env") or {}))
     from vllm import AsyncEngineArgs, SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -66,7 +73,9 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"ready_s": ready_s, "phases": []}
     try:
         for phase in spec["phases"]:
-            run = await _closed_loop(engine, prompts, params, phase["concurrency"], phase["requests"])
+            p = params if "max_tokens" not in phase else SamplingParams(
+                max_tokens=phase["max_tokens"], temperature=spec["temperature"])
+            run = await _closed_loop(engine, prompts, p, phase["concurrency"], phase["requests"])
             out["phases"].append({**phase, **run})
             print(f"[direct] {phase} done in {run['wall_s']:.1f}s", file=sys.stderr, flush=True)
     finally:

@@ -30,10 +30,10 @@ def build_app(args: dict[str, Any]) -> Application:
     app_args = AppArgs.model_validate(args or {})
     llm_pools: dict[str, list[dict[str, Any]]] = {}
     if app_args.llm is not None:
-        from ray.serve.llm import build_llm_deployment
+        from ray import serve
 
-        from serve_app.llm import deployment_name, llm_config
-        from serve_app.llm_server import QALLMServer
+        from serve_app.llm import deployment_name, deployment_options, replica_llm_config
+        from serve_app.pool_server import PoolServer
 
         gpus = _cluster_gpus()
         for model in app_args.llm.models:
@@ -44,19 +44,10 @@ def build_app(args: dict[str, Any]) -> Application:
                              pool.name, model.model_id, pool.enabled, gpus)
                     continue
                 name = deployment_name(model, pool)
-                deployment = build_llm_deployment(
-                    llm_config(model, pool),
-                    # Ray's LLMServer, keeping the replica's Serve log handlers
-                    # alive across vLLM's logging setup (serve_app/llm_server.py).
-                    deployment_cls=QALLMServer,
-                    # Access lines carry the request id the ingress passed
-                    # along, so one question can be followed into its pool.
-                    # (A deployment's logging_config replaces the app's: repeat JSON.)
-                    override_serve_options={
-                        "name": name,
-                        "logging_config": {"encoding": "JSON", "log_level": "INFO", "enable_access_log": True},
-                    },
-                )
+                # Built from our config alone: Ray Serve LLM (and vLLM) are
+                # imported in the pool's replica, not here (issue 16).
+                deployment = serve.deployment(PoolServer, **deployment_options(model, pool, name)).bind(
+                    replica_llm_config(model, pool))
                 autoscaling = pool.deployment.autoscaling
                 pools.append(
                     {

@@ -57,7 +57,7 @@ class LLMBackend(Protocol):
 class Pool:
     name: str
     deployment_name: str
-    handle: Any  # DeploymentHandle of the pool's LLMServer deployment
+    handle: Any  # DeploymentHandle of the pool's PoolServer deployment (serve_app.pool_server)
     can_scale_from_zero: bool
     running: int = 0
     wake: Any = None  # the outstanding wake-up call, if any
@@ -71,33 +71,35 @@ class Pool:
     death_seen_at: float = 0.0
 
     def __post_init__(self) -> None:
-        # LLMServer.chat is an async generator: it must be called streaming.
+        # PoolServer.chat_json is an async generator: it must be called streaming.
         self.stream = self.handle.options(stream=True)
 
 
-def _engine_request(model_id: str, request: dict[str, Any], stream: bool) -> Any:
-    from ray.serve.llm.openai_api_models import ChatCompletionRequest
+def _engine_request(model_id: str, request: dict[str, Any], stream: bool) -> dict[str, Any]:
+    """The chat request the pool's ``PoolServer.chat_json`` takes: plain JSON
+    (the pool builds vLLM's request model; the ingress does not import vLLM)."""
+    from serve_app.request_id import current_request_id
 
+    # The HTTP routes validate every field; this only keeps a malformed call
+    # from another caller off the pools (vLLM's model checks the rest there).
+    messages = request.get("messages")
+    if not (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)):
+        raise InvalidInput("invalid chat completion request", details="messages must be a non-empty list of objects")
     body = {**request, "model": model_id, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
     # vLLM needs unique ids; the prefix keeps the client's request id in the
     # engine's logs.
-    from serve_app.request_id import current_request_id
-
     rid = current_request_id() or uuid.uuid4().hex
     body["request_id"] = f"{rid}-{uuid.uuid4().hex[:8]}"
-    try:
-        return ChatCompletionRequest(**body)
-    except Exception as exc:  # pydantic ValidationError from vLLM's protocol model
-        raise InvalidInput("invalid chat completion request", details=str(exc)[:2000]) from exc
+    return body
 
 
 def _raise_engine_error(err: Any) -> None:
-    """Map an ErrorResponse from the engine to our hierarchy."""
-    e = getattr(err, "error", err)
-    code = int(getattr(e, "code", 500) or 500)
-    message = str(getattr(e, "message", "model error"))[:500]
+    """Map an ``{"error": {"code", "message"}}`` item from the pool to our hierarchy."""
+    e = err.get("error", {}) if isinstance(err, dict) else {}
+    code = int(e.get("code") or 500)
+    message = str(e.get("message") or "model error")[:500]
     if code in (400, 422):
         raise InvalidInput(message)
     if code == 404:
@@ -194,7 +196,7 @@ class ServeLLMBackend:
         from ray.serve.exceptions import BackPressureError
 
         try:
-            await pool.handle.llm_config.remote()
+            await pool.handle.ready.remote()
         except (BackPressureError, asyncio.CancelledError):
             pass
         except Exception as exc:
@@ -218,7 +220,7 @@ class ServeLLMBackend:
             raise DependencyUnavailable("the model is starting up; retry shortly", retry_after_s=10)
         lost = False
         for pool in ready:
-            gen = pool.stream.chat.remote(engine_request)
+            gen = pool.stream.chat_json.remote(engine_request)
             try:
                 first = await self._first_item(gen, pool)
             except _PoolLost:
@@ -310,7 +312,9 @@ class ServeLLMBackend:
         except RayError as exc:
             self._metrics.dependency_error("llm")
             raise DependencyUnavailable("model replica failed; retry shortly") from exc
-        return ChatResult(body=item.model_dump(mode="json"), pool=pool.name)
+        if not isinstance(item, dict) or "completion" not in item:
+            raise DependencyUnavailable("the model returned no completion")
+        return ChatResult(body=item["completion"], pool=pool.name)
 
     async def chat_stream(self, model_id: str, request: dict[str, Any], deadline_s: float) -> ChatStream:
         from ray.exceptions import RayError
@@ -376,12 +380,12 @@ def serve_running_counts(app_name: str | None) -> dict[str, int]:
 
 
 def _is_error(item: Any) -> bool:
-    return type(item).__name__ == "ErrorResponse"
+    return isinstance(item, dict) and "error" in item
 
 
 def _payloads(item: Any) -> list[str]:
-    """The JSON chunks in one streamed item: Ray Serve LLM yields SSE text
-    ("data: {...}\n\n", possibly several events) or response objects."""
+    """The JSON chunks in one streamed item: SSE text ("data: {...}\n\n",
+    possibly several events) or an error."""
     if isinstance(item, str):
         out = []
         for event in item.split("\n\n"):
@@ -391,4 +395,4 @@ def _payloads(item: Any) -> list[str]:
         return out
     if _is_error(item):
         _raise_engine_error(item)
-    return [item.model_dump_json()]
+    raise DependencyUnavailable("the model returned an unexpected stream item")

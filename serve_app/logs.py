@@ -62,7 +62,7 @@ SERVE_LOGGER = "ray.serve"
 def serve_log_handlers_kept(logger_names: tuple[str, ...] = (SERVE_LOGGER,)) -> Iterator[None]:
     """Gives the loggers' ``MemoryHandler``s their targets back when the block
     ends, if something closed them meanwhile: vLLM's ``dictConfig`` closes every
-    handler of the process (see serve_app/llm_server.py). A ``MemoryHandler``
+    handler of the process (see serve_app/pool_server.py). A ``MemoryHandler``
     without a target keeps its buffer, so nothing logged meanwhile is lost; the
     file handler behind it reopens its file at the next write."""
     saved = [

@@ -54,7 +54,7 @@ ARGS = {"llm": {"models": [{"model_id": MODEL, "pools": [{"name": "cpu"}]}]}, "r
 
 class CheckingEngine(FakeEngine):
     """Refuses a malformed chat request the way the real backend does (vLLM's
-    request model fails, ``_engine_request`` raises InvalidInput), so the
+    request model fails in the pool, which answers 400 -> InvalidInput), so the
     OpenAI route's refusals are tested rather than the fake's KeyErrors."""
 
     async def chat(self, model: str, request: dict[str, Any], deadline_s: float) -> ChatResult:

@@ -81,22 +81,65 @@ def test_fmt_and_table() -> None:
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |"]
 
 
+def test_spread_and_pairwise() -> None:
+    assert R.spread([0.9, None, 0.8, 1.0]) == {"min": 0.8, "median": pytest.approx(0.9), "max": 1.0, "n": 3}
+    assert R.spread([None]) is None
+    assert R.fmt_spread(R.spread([0.85, 0.95, 0.9])) == "0.90 (0.85-0.95, n=3)"
+    assert R.fmt_spread(R.spread([0.5])) == "0.50"
+    assert R.pairwise([2, 3, None], [4, 6, 1]) == [0.5, 0.5, None]
+    assert R.pairwise([108, 105], [100, 100], "diff") == [8, 5]
+
+
+def _results() -> dict:
+    return {
+        "machine": {"cores": 2, "cpu_model": "X", "isa": ["avx2"], "memory_gb": 24},
+        "plan": {"llm_levels": [1, 32], "users_levels": [32], "ttft_levels": [1, 8], "prompts": ["q"],
+                 "max_tokens": 32, "reps": 3,
+                 "peer_workload": {"input_len": 64, "output_len": 32, "num_prompts": 96, "concurrency": 32}},
+        "llm_serve": {"32": {"tokens_per_s": 76.0, "p50_ms": 1, "p95_ms": 2}},
+        "direct": {"throughput": {"32": {"tokens_per_s": 80.0}},
+                   "ttft": {"1": {"ttft_p50_ms": 100.0, "reps_ttft_p50_ms": [100.0, 100.0, 100.0]}}},
+        "tuning": [{"name": "a", "tokens_per_s": 80.0}, {"name": "b", "tokens_per_s": 96.0}],
+        "ttft_serve": {"1": {"ttft_p50_ms": 108.0, "reps_ttft_p50_ms": [108.0, 105.0, 112.0]}},
+        "users_uvicorn": {"32": {"rps": 1000.0, "reps_rps": [1000.0, 1000.0, 1000.0]}},
+        "users_serve": {"32": {"rps": 550.0, "reps_rps": [550.0, 600.0, 650.0]}},
+        "peer_ours": [{"output_throughput": t, "median_ttft_ms": 4000.0} for t in (90.0, 85.0, 95.0)],
+        "peer_vllm": [{"output_throughput": 100.0, "median_ttft_ms": 4100.0} for _ in range(3)],
+        "cold_start": {"first_answer_s": 40.0, "breakdown": {"import/build": 1.0, "engine start": 30.0}},
+        "answer_cache": {"cached_p50_ms": 12.0, "fresh_p50_ms": 600.0},
+    }
+
+
 def test_report_renders_ratios_from_results() -> None:
     from loadtests.report import write_report
 
-    res = {
-        "machine": {"cores": 2, "cpu_model": "X", "isa": ["avx2"], "memory_gb": 24},
-        "plan": {"llm_levels": [1, 32], "users_levels": [32], "ttft_levels": [1, 8], "prompts": ["q"],
-                 "max_tokens": 32},
-        "llm_serve": {"32": {"tokens_per_s": 76.0, "p50_ms": 1, "p95_ms": 2}},
-        "direct": {"throughput": {"32": {"tokens_per_s": 80.0}}, "ttft": {"1": {"ttft_p50_ms": 100.0}}},
-        "ttft_serve": {"1": {"ttft_p50_ms": 108.0}},
-        "users_uvicorn": {"32": {"rps": 1000.0}},
-        "users_serve": {"32": {"rps": 550.0}},
-        "answer_cache": {"cached_p50_ms": 12.0, "fresh_p50_ms": 600.0},
-    }
-    md = write_report(res, [])
-    assert "| 1 | LLM tokens/s, Serve / direct at 32 concurrent | 0.95 | >= 0.95 | PASS |" in md
-    assert "| 0.55 | >= 0.6 | MISS |" in md
-    assert "8.0 ms / n/a | <= 10 ms | PASS |" in md
+    md = write_report(_results(), [])
+    assert "| 0.90 (0.85-0.95, n=3); TTFT 0.98 (0.98-0.98, n=3) | >= 0.9, TTFT <= 1.0 | PASS |" in md
+    assert "| 76.0 / 80.0 / 96.0 (Serve/direct 0.95) | report all three |" in md
+    assert "| 40.0 s | <= 45 s | PASS |" in md
+    assert "| 0.60 (0.55-0.65, n=3) | >= 0.6 | PASS |" in md
+    assert "| 8.0 ms (5.0-12.0, n=3) / n/a | <= 10 ms | PASS |" in md
     assert "12.0 ms | <= 20 ms | PASS" in md
+
+
+def test_goal_rows_are_found_by_the_script() -> None:
+    from loadtests.goals import goal_rows, required_rows
+    from loadtests.report import write_report
+
+    md = write_report(_results(), [])
+    found = required_rows(md)
+    assert found["ours_vs_best_direct_vllm"]["verdict"] == "PASS"
+    assert found["deploy_to_first_answer"]["measured"] == "40.0 s"
+    assert found["cached_users_serve_vs_uvicorn"]["measured"] == "0.60 (0.55-0.65, n=3)"
+    assert len(goal_rows(md)) == 9
+    # a report without them (issue 6's) is told apart
+    assert required_rows("## Goals\n\n| # | what |\n|---|---|\n| 1 | other |\n")["deploy_to_first_answer"] is None
+def test_committed_report_has_the_goal_rows() -> None:
+    """loadtests/results/report.md, as committed by the last `make bench`."""
+    from pathlib import Path
+
+    from loadtests.goals import required_rows
+
+    report = Path(__file__).resolve().parents[2] / "loadtests" / "results" / "report.md"
+    found = required_rows(report.read_text())
+    assert all(found.values()), found

@@ -73,16 +73,16 @@ def test_gpu_pool_llm_config() -> None:
     model = args.llm.models[0]
     gpu = next(p for p in model.pools if p.name == "gpu")
     cfg = llm_config(model, gpu)
-    assert cfg.placement_group_config == {"bundles": [{"CPU": 1.0, "GPU": 1.0}]}
-    assert cfg.engine_kwargs["dtype"] == "bfloat16"
-    assert cfg.engine_kwargs["gpu_memory_utilization"] == 0.85
-    dep = cfg.deployment_config
+    assert cfg["placement_group_config"] == {"bundles": [{"CPU": 1.0, "GPU": 1.0}]}
+    assert cfg["engine_kwargs"]["dtype"] == "bfloat16"
+    assert cfg["engine_kwargs"]["gpu_memory_utilization"] == 0.85
+    dep = cfg["deployment_config"]
     assert dep["autoscaling_config"]["min_replicas"] == 0  # scales from zero
     assert dep["max_queued_requests"] == gpu.deployment.max_queued_requests
     # The replica actor must not reserve a second GPU beside the engine's bundle.
     assert dep["ray_actor_options"] == {"num_cpus": 0, "num_gpus": 0}
     assert deployment_name(model, gpu) == "gpu-pool:HuggingFaceTB--SmolLM2-135M-Instruct"
-    assert cfg.experimental_configs["stream_batching_interval_ms"] == 0
+    assert cfg["experimental_configs"]["stream_batching_interval_ms"] == 0
 
 
 def test_cpu_pool_llm_config() -> None:
@@ -91,8 +91,9 @@ def test_cpu_pool_llm_config() -> None:
     cpu = next(p for p in model.pools if p.name == "cpu")
     cfg = llm_config(model, cpu)
     assert engine_bundle(cpu) == {"CPU": 1.0}
-    assert cfg.engine_kwargs == {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048, "max_num_seqs": 32}
-    assert cfg.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert cfg["engine_kwargs"] == {
+        "dtype": "float32", "enforce_eager": True, "max_model_len": 2048, "max_num_seqs": 32}
+    assert cfg["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "2"
 
 
 def test_model_sources() -> None:

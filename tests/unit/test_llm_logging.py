@@ -1,5 +1,5 @@
 """The LLM replica's Serve log handler survives vLLM's logging setup
-(serve_app/llm_server.py): vLLM's dictConfig closes every handler of the
+(serve_app/pool_server.py): vLLM's dictConfig closes every handler of the
 process, and a closed MemoryHandler loses its target, which emptied the
 replica's log file and broke Serve's recovery of the replica after a head
 restart. Run in a child process: vLLM's setup changes the process's logging."""

@@ -45,8 +45,8 @@ class FakeHandle:
         self.make_response = make_response
         self.calls = 0
         self.woken = 0
-        self.chat = self
-        self.llm_config = _Wake(self)
+        self.chat_json = self
+        self.ready = _Wake(self)
 
     def options(self, **_: Any) -> FakeHandle:
         return self
@@ -66,17 +66,12 @@ class _Wake:
         await asyncio.sleep(3600)  # queued until a replica exists
 
 
-class FakeCompletion:
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def model_dump(self, mode: str = "json") -> dict[str, Any]:
-        return {"choices": [{"message": {"content": self.text}}], "usage": {"completion_tokens": 1}}
+def FakeCompletion(text: str) -> list[dict[str, Any]]:  # what PoolServer.chat_json yields
+    return [{"completion": {"choices": [{"message": {"content": text}}], "usage": {"completion_tokens": 1}}}]
 
 
-class ErrorResponse:  # named like vLLM's, which is how the backend recognises it
-    def __init__(self, code: int, message: str) -> None:
-        self.error = type("E", (), {"code": code, "message": message})()
+def ErrorResponse(code: int, message: str) -> list[dict[str, Any]]:  # PoolServer's error item
+    return [{"error": {"code": code, "message": message}}]
 
 
 def ok(text: str, delay: float = 0.0):

