@@ -44,6 +44,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 POLICIES = {"default": None, "queue": "serve_app.autoscaling:EngineQueuePolicy"}
+# The policy `make test` runs and README names (see the comparison there).
+SHIPPED_POLICY = "default"
 NOCACHE = {"Cache-Control": "no-cache"}
 
 
