@@ -163,6 +163,7 @@ class Scenario:
         self.failures: list[str] = []
         self.load: Load | None = None
         self._sampling = False
+        self.decisions: dict[str, list[Any]] = {}
         self.t0 = time.monotonic()
 
     # state from Ray and Serve -----------------------------------------------------------------
@@ -186,6 +187,8 @@ class Scenario:
                 "starting": sum(1 for r in replicas if r.get("state") in ("STARTING", "PENDING_MIGRATION")),
                 "target": d.get("target_num_replicas"),
                 "metrics": detail.get("metrics"),
+                "status": detail.get("scaling_status"),
+                "decisions": detail.get("decisions") or [],
             }
         return out
 
@@ -205,6 +208,8 @@ class Scenario:
             s["starting"] = {p: v["starting"] for p, v in state.items()}
             s["target"] = {p: v["target"] for p, v in state.items()}
             s["serve_metrics"] = {p: v["metrics"] for p, v in state.items()}
+            s["scaling_status"] = {p: v["status"] for p, v in state.items()}
+            self.decisions = {p: v["decisions"] for p, v in state.items()}
         except Exception as exc:
             s["replicas_error"] = str(exc)[:200]
         if self.load is not None:
@@ -372,6 +377,8 @@ class Scenario:
             "figures": figures,
             "failures": self.failures,
             "samples": self.samples,
+            # The Serve controller's recent scaling decisions per pool (its own record).
+            "serve_decisions": self.decisions,
             "errors_sample": errors[:20],
             "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         }
