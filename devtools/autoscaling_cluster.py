@@ -137,6 +137,11 @@ def autoscaling_config(overlay: str = "prod", *, idle_timeout_s: float, gcs_addr
         "module": PROVIDER,
         # Without it the fake provider's nodes dial 6379: this machine's Redis.
         "gcs_address": gcs_address,
+        # Every fake node has this machine's IP: without it the autoscaler's load
+        # metrics (keyed by IP) match no node, which then stays "uninitialized"
+        # for ever and is never found idle (so never removed). Ray's own fake
+        # cluster example config sets it too.
+        "use_node_id_as_ip": True,
         "disable_node_updaters": True,
         "disable_launch_config_check": True,
         "foreground_node_launch": True,

@@ -71,6 +71,7 @@ def test_the_rayservice_groups_become_the_autoscaler_node_types() -> None:
     base = yaml.safe_load((REPO_ROOT / "kuberay/base/rayservice.yaml").read_text())
     assert base["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplicas"] != groups["cpu"]["maxReplicas"]
     assert config["provider"]["gcs_address"] == "127.0.0.1:1"
+    assert config["provider"]["use_node_id_as_ip"] is True
     assert config["idle_timeout_minutes"] == 0.25
 
 
