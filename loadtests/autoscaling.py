@@ -437,13 +437,13 @@ def plot(paths: list[Path], png: Path) -> None:
         ss = [s for s in res["samples"] if "replicas" in s and "nodes" in s]
         t = [s["t"] for s in ss]
         a, b, c = axes[0][col], axes[1][col], axes[2][col]
-        for g in ("cpu", "gpu"):
-            a.step(t, [s["nodes"].get(g, 0) for s in ss], where="post", label=f"{g} group nodes")
-            b.step(t, [s["replicas"].get(g, 0) for s in ss], where="post", label=f"{g} pool running")
-            b.step(t, [(s.get("target") or {}).get(g) or 0 for s in ss], where="post", linestyle=":",
-                   label=f"{g} pool target")
-        c.plot(t, [s.get("in_flight", 0) for s in ss], label="questions in flight")
-        c.plot(t, [s.get("tokens_per_s", 0) for s in ss], label="tokens/s (10 s)")
+        for g, color in (("cpu", "tab:blue"), ("gpu", "tab:orange")):
+            a.step(t, [s["nodes"].get(g, 0) for s in ss], where="post", color=color, label=f"{g} group nodes")
+            b.step(t, [s["replicas"].get(g, 0) for s in ss], where="post", color=color, label=f"{g} pool running")
+            b.step(t, [(s.get("target") or {}).get(g) or 0 for s in ss], where="post", linestyle=":", color=color,
+                   label=f"{g} pool target (Serve)")
+        c.plot(t, [s.get("in_flight", 0) for s in ss], color="tab:green", label="questions in flight")
+        c.plot(t, [s.get("tokens_per_s", 0) for s in ss], color="tab:purple", label="tokens/s (10 s)")
         c.bar(t, [s.get("status_503", 0) for s in ss], width=1.5, color="red", label="503s (10 s)")
         for name, when in res.get("phases", {}).items():
             if name in ("load start", "gpu node added", "gpu pool answers", "load stop", "gpu nodes at zero"):
