@@ -471,7 +471,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="JSON path (default loadtests/results/autoscaling-<policy>.json)")
     ap.add_argument("--plot", type=Path, nargs="+", help="draw the PNG of these JSON files (side by side) and exit")
     ap.add_argument("--png", type=Path)
+    ap.add_argument("--combine", type=Path, nargs="+", metavar="RUN_JSON",
+                    help="write loadtests/results/autoscaling.{json,png}: the shipped policy's run (--ship) with "
+                         "every run's figures side by side")
+    ap.add_argument("--ship", choices=sorted(POLICIES), default=SHIPPED_POLICY)
     ns = ap.parse_args(argv)
+    if ns.combine:
+        runs = {json.loads(p.read_text())["policy"]: (p, json.loads(p.read_text())) for p in ns.combine}
+        shipped = dict(runs[ns.ship][1])
+        shipped["comparison"] = {name: {"figures": r["figures"], "phases": r["phases"], "failures": r["failures"],
+                                        "file": p.name} for name, (p, r) in runs.items()}
+        shipped["shipped_policy"] = ns.ship
+        out = RESULTS / "autoscaling.json"
+        out.write_text(json.dumps(shipped, indent=1, default=str))
+        subprocess.run([str(REPO / ".venv-load" / "bin" / "python"), str(Path(__file__)), "--plot",
+                        *(str(p) for p, _ in runs.values()), "--png", str(out.with_suffix(".png"))], check=True,
+                       timeout=120)
+        say(f"wrote {out} and {out.with_suffix('.png')}")
+        return 0
     if ns.plot:
         plot(ns.plot, ns.png or ns.plot[0].with_suffix(".png"))
         return 0

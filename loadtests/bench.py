@@ -662,7 +662,7 @@ def autoscaling_phase(res: dict[str, Any], out: Path) -> None:
     from loadtests.autoscaling import SHIPPED_POLICY, Scenario, write
 
     result = Scenario(SHIPPED_POLICY).execute()
-    write(result, out / "autoscaling.json")
+    write(result, out / "autoscaling-bench.json")  # autoscaling.json holds the policy comparison
     res["autoscaling"] = {k: result[k] for k in ("policy", "phases", "figures", "failures")}
 
 
