@@ -261,6 +261,8 @@ class AutoscalingCluster:
                 "RAY_FAKE_CLUSTER": "1",
                 # Decisions every second (default 5 s), like Ray's own fake-cluster tests.
                 "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                # Gauges (Serve's ongoing requests, vLLM's queue) every 2 s, not 10 s: the run samples them.
+                "RAY_metrics_report_interval_ms": "2000",
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                 **(extra_env or {}),
             },

@@ -47,6 +47,13 @@ POLICIES = {"default": None, "queue": "serve_app.autoscaling:EngineQueuePolicy"}
 # The policy `make test` runs and README names (see the comparison there).
 SHIPPED_POLICY = "default"
 NOCACHE = {"Cache-Control": "no-cache"}
+# Prometheus names (Ray 2.60 Serve, vLLM 0.32 through Ray's metrics) -> sample keys.
+ONGOING_METRICS = {
+    "ray_serve_replica_processing_queries": "processing",
+    "ray_serve_deployment_queued_queries": "queued_at_handles",
+    "ray_vllm_num_requests_running": "engine_running",
+    "ray_vllm_num_requests_waiting": "engine_waiting",
+}
 
 
 def say(msg: str) -> None:
@@ -163,7 +170,6 @@ class Scenario:
         self.failures: list[str] = []
         self.load: Load | None = None
         self._sampling = False
-        self.decisions: dict[str, list[Any]] = {}
         self.t0 = time.monotonic()
 
     # state from Ray and Serve -----------------------------------------------------------------
@@ -181,16 +187,39 @@ class Scenario:
         for pool, dep in self.pool_deployments.items():
             d = deps.get(dep) or {}
             replicas = d.get("replicas") or []
-            detail = d.get("autoscaling_detail") or {}
             out[pool] = {
                 "running": sum(1 for r in replicas if r.get("state") == "RUNNING"),
                 "starting": sum(1 for r in replicas if r.get("state") in ("STARTING", "PENDING_MIGRATION")),
                 "target": d.get("target_num_replicas"),
-                "metrics": detail.get("metrics"),
-                "status": detail.get("scaling_status"),
-                "decisions": detail.get("decisions") or [],
             }
         return out
+
+    def ongoing(self) -> dict[str, dict[str, float]]:
+        """Per pool, from every node's metrics (the targets Ray lists for Prometheus):
+        requests its replicas process (``ray_serve_replica_processing_queries``),
+        requests held at the handles (``ray_serve_deployment_queued_queries``) and
+        the engines' running/waiting gauges when they carry the deployment."""
+        import httpx
+
+        discovery = json.loads((self.cluster.ray.session_dir / "prom_metrics_service_discovery.json").read_text())
+        targets = {t for group in discovery for t in group.get("targets", [])}
+        sums: dict[str, dict[str, float]] = {p: {} for p in self.pool_deployments}
+        by_dep = {d: p for p, d in self.pool_deployments.items()}
+        for target in targets:
+            try:
+                text = httpx.get(f"http://{target}/metrics", timeout=3).text
+            except httpx.HTTPError:
+                continue  # a node just removed
+            for line in text.splitlines():
+                name = line.split("{", 1)[0]
+                key = ONGOING_METRICS.get(name)
+                if key is None or 'deployment="' not in line:
+                    continue
+                dep = line.split('deployment="', 1)[1].split('"', 1)[0]
+                pool = by_dep.get(dep)
+                if pool is not None:
+                    sums[pool][key] = sums[pool].get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+        return sums
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -207,11 +236,12 @@ class Scenario:
             s["replicas"] = {p: v["running"] for p, v in state.items()}
             s["starting"] = {p: v["starting"] for p, v in state.items()}
             s["target"] = {p: v["target"] for p, v in state.items()}
-            s["serve_metrics"] = {p: v["metrics"] for p, v in state.items()}
-            s["scaling_status"] = {p: v["status"] for p, v in state.items()}
-            self.decisions = {p: v["decisions"] for p, v in state.items()}
         except Exception as exc:
             s["replicas_error"] = str(exc)[:200]
+        try:
+            s["ongoing"] = self.ongoing()
+        except Exception as exc:
+            s["ongoing_error"] = str(exc)[:200]
         if self.load is not None:
             lt = t - (self.load.t0 - self.t0)
             s["in_flight"] = self.load.in_flight
@@ -377,8 +407,6 @@ class Scenario:
             "figures": figures,
             "failures": self.failures,
             "samples": self.samples,
-            # The Serve controller's recent scaling decisions per pool (its own record).
-            "serve_decisions": self.decisions,
             "errors_sample": errors[:20],
             "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         }
@@ -444,6 +472,9 @@ def plot(paths: list[Path], png: Path) -> None:
                    label=f"{g} pool target (Serve)")
         c.plot(t, [s.get("in_flight", 0) for s in ss], color="tab:green", label="questions in flight")
         c.plot(t, [s.get("tokens_per_s", 0) for s in ss], color="tab:purple", label="tokens/s (10 s)")
+        for g, color in (("cpu", "tab:blue"), ("gpu", "tab:orange")):
+            c.plot(t, [((s.get("ongoing") or {}).get(g) or {}).get("processing", 0) for s in ss], color=color,
+                   linestyle=":", label=f"{g} pool: requests in its replicas")
         c.bar(t, [s.get("status_503", 0) for s in ss], width=1.5, color="red", label="503s (10 s)")
         for name, when in res.get("phases", {}).items():
             if name in ("load start", "gpu node added", "gpu pool answers", "load stop", "gpu nodes at zero"):
