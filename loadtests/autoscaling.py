@@ -397,7 +397,7 @@ class Scenario:
                                  for p in ("gpu", "cpu")},
             "replica_downscales_under_load": flaps,
         }
-        return {
+        result = {
             "policy": self.policy,
             "policy_function": POLICIES[self.policy] or "Serve default (replica_queue_length_autoscaling_policy)",
             "plan": vars(self.plan),
@@ -410,6 +410,9 @@ class Scenario:
             "errors_sample": errors[:20],
             "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         }
+        cpu_min = self.run.min_replicas.get("cpu", 1)
+        figures["load_start_to_cpu_target_up_s"] = target_up_after(result, "cpu", cpu_min)
+        return result
 
     def _flaps(self, pool: str, t_from: float | None, t_to: float | None) -> int:
         """Times the running replicas of ``pool`` went down while the load ran."""
@@ -430,6 +433,16 @@ class Scenario:
             if s["t"] >= t_load and all(reps.get(p, 0) >= n for p, n in caps.items()):
                 return round(s["t"] - t_load, 1)
         return None
+
+
+def target_up_after(result: dict[str, Any], pool: str, above: int) -> float | None:
+    """Load start -> the first sample where Serve's target for ``pool`` exceeded ``above``
+    (the autoscaling policy's decision, before any replica starts)."""
+    t_load = result["phases"].get("load start")
+    if t_load is None:
+        return None
+    return next((round(s["t"] - t_load, 1) for s in result["samples"]
+                 if s["t"] >= t_load and (s.get("target") or {}).get(pool, 0) > above), None)
 
 
 def _delta(phases: dict[str, float], a: str, b: str) -> float | None:
@@ -509,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     if ns.combine:
         runs = {json.loads(p.read_text())["policy"]: (p, json.loads(p.read_text())) for p in ns.combine}
+        for _, r in runs.values():  # runs written before the figure existed
+            r["figures"].setdefault("load_start_to_cpu_target_up_s",
+                                    target_up_after(r, "cpu", r["local_run"]["min_replicas"].get("cpu", 1)))
         shipped = dict(runs[ns.ship][1])
         shipped["comparison"] = {name: {"figures": r["figures"], "phases": r["phases"], "failures": r["failures"],
                                         "file": p.name} for name, (p, r) in runs.items()}
