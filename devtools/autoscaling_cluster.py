@@ -55,7 +55,7 @@ import httpx
 import yaml
 
 from devtools.kuberay_gen import KUBERAY_DIR, extract_serve_config, overlay_dir
-from devtools.local_ray import LocalRay, free_port
+from devtools.local_ray import CLUSTER_MARKER, NODE_MARKER, LocalRay, free_port
 from serve_app.config import REPO_ROOT
 
 GROUP_LABEL = "ray.io/node-group"
@@ -176,6 +176,10 @@ def _provider_cls() -> Any:
             resources = {k: v for k, v in resources.items() if k != "memory"}
             ports = {k: str(_free_port()) for k in (
                 "RAY_SERVE_WORKER_PROXY_HTTP_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")}
+            # LocalRay's per-node marker: this node's processes, not the head's
+            # (whose marker the autoscaler, on the head, carries).
+            cluster = os.environ.get(CLUSTER_MARKER, "")
+            ports[NODE_MARKER] = f"{cluster}/{tags.get('ray-user-node-type', 'worker')}-{self._next_node_id + 1}"
             saved = {k: os.environ.get(k) for k in ports}
             os.environ.update(ports)
             try:
