@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .PHONY: setup system-deps run stop model monitoring lint test test-unit test-integration test-llm test-infra \
-	test-kuberay dry-run load-setup test-loadtests test-faults bench bench-quick
+	test-kuberay dry-run load-setup test-loadtests test-faults test-autoscaling bench bench-quick
 
 setup:
 	@bash .ci/setup.sh
@@ -62,6 +62,12 @@ test-llm: model system-deps
 test-faults: model system-deps
 	$(PY) -m pytest tests/faults -q
 
+# Issue 15: a local cluster derived from the prod overlay, Ray's autoscaler adding and
+# removing a fake GPU worker while the pools scale under a load ramp; writes
+# test-output/autoscaling.{json,png}. About 8 minutes here.
+test-autoscaling: model system-deps load-setup
+	$(PY) -m pytest tests/autoscaling -q
+
 test-infra:
 	bash infra/scripts/check.sh
 
@@ -79,6 +85,7 @@ test-kuberay:
 test: lint model system-deps load-setup
 	$(PY) -m pytest tests/unit tests/integration tests/llm tests/loadtests -q
 	$(PY) -m pytest tests/faults -q
+	$(PY) -m pytest tests/autoscaling -q
 	bash infra/scripts/check.sh
 	bash kuberay/scripts/check.sh
 	# the image file-set test already ran in the integration tier above

@@ -218,6 +218,8 @@ class LocalRay:
         self.worker_metrics_ports: list[int] = []
         self.head: RayNode | None = None
         self.workers: list[RayNode] = []
+        # Extra `ray start --head` arguments (e.g. --autoscaling-config).
+        self.head_args: list[str] = []
 
     def _ray(self, *args: str, env: dict[str, str] | None = None, command: list[str] | None = None) -> None:
         out = subprocess.run([*(command or [str(BIN / "ray")]), *args], env=env or self.env, cwd=REPO_ROOT,
@@ -251,6 +253,7 @@ class LocalRay:
             f"--ray-client-server-port={free_port()}",
             f"--dashboard-agent-listen-port={agent_port}",
             "--disable-usage-stats",
+            *self.head_args,
         ]
         self.head = RayNode("head", self._node_marker("head"), self.metrics_port, self.http_port, agent_port, env,
                             args)

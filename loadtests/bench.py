@@ -703,12 +703,21 @@ def run_direct(engine_kwargs: dict[str, Any], env: dict[str, str], phases: list[
     return out
 
 
+def autoscaling_phase(res: dict[str, Any], out: Path) -> None:
+    from loadtests.autoscaling import SHIPPED_POLICY, Scenario, write
+
+    result = Scenario(SHIPPED_POLICY).execute()
+    write(result, out / "autoscaling-bench.json")  # autoscaling.json holds the policy comparison
+    res["autoscaling"] = {k: result[k] for k in ("policy", "phases", "figures", "failures")}
+
+
 # -- main -----------------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short run: fewer levels and requests, no tuning variants")
     ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--skip", default="", help="comma list of phases to skip: uvicorn,serve,direct,peer,proxy")
+    ap.add_argument("--skip", default="",
+                    help="comma list of phases to skip: uvicorn,serve,direct,peer,proxy,autoscaling")
     ap.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra env for the CPU pool's engine, in Serve and direct alike (repeatable)")
     ns = ap.parse_args()
@@ -751,6 +760,9 @@ def main() -> int:
                  "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}, env_vars))
             bench.step("phase throughput-optimized", lambda: bench.proxy_mode_phase(
                 "throughput-optimized, no HAProxy", {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, env_vars))
+        if "autoscaling" not in skip and not ns.quick:
+            # Issue 15 (~8 min): its own cluster, JSON and PNG (loadtests/autoscaling.py).
+            bench.step("phase autoscaling", lambda: autoscaling_phase(bench.res, out))
     finally:
         signal.signal(signal.SIGTERM, prev)
         with contextlib.suppress(Exception):

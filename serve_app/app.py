@@ -32,8 +32,8 @@ def build_app(args: dict[str, Any]) -> Application:
     if app_args.llm is not None:
         from ray import serve
 
+        from serve_app.autoscaling import pool_server_cls
         from serve_app.llm import deployment_name, deployment_options, replica_llm_config
-        from serve_app.pool_server import PoolServer
 
         gpus = _cluster_gpus()
         for model in app_args.llm.models:
@@ -46,9 +46,10 @@ def build_app(args: dict[str, Any]) -> Application:
                 name = deployment_name(model, pool)
                 # Built from our config alone: Ray Serve LLM (and vLLM) are
                 # imported in the pool's replica, not here (issue 16).
-                deployment = serve.deployment(PoolServer, **deployment_options(model, pool, name)).bind(
-                    replica_llm_config(model, pool))
                 autoscaling = pool.deployment.autoscaling
+                server_cls = pool_server_cls(autoscaling.policy if autoscaling is not None else None)
+                deployment = serve.deployment(server_cls, **deployment_options(model, pool, name)).bind(
+                    replica_llm_config(model, pool))
                 pools.append(
                     {
                         "name": pool.name,

