@@ -64,7 +64,7 @@ test-faults: model system-deps
 
 # Issue 15: a local cluster derived from the prod overlay, Ray's autoscaler adding and
 # removing a fake GPU worker while the pools scale under a load ramp; writes
-# test-output/autoscaling.{json,png}. About 8 minutes here.
+# test-output/autoscaling.{json,png}. 6 minutes here (2026-11-30).
 test-autoscaling: model system-deps load-setup
 	$(PY) -m pytest tests/autoscaling -q
 

@@ -5,7 +5,7 @@ one README's "Models and pools" names), on a local cluster derived from the
 prod overlay (devtools/autoscaling_cluster.py). Each phase is waited for
 inside the scenario with a bound; here every one must have happened, in
 order, and the clients must have seen only answers and fast 503s.
-About 7-9 minutes here (two vLLM cold starts under load)."""
+6 minutes here (two vLLM cold starts under load; 11 passed in 357 s on 2026-11-30)."""
 
 from __future__ import annotations
 
