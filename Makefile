@@ -57,8 +57,9 @@ test-llm: model system-deps
 # Issue 7: kills and hangs its own throwaway PostgreSQL/Redis and Ray processes
 # (an LLM replica, a worker node) under load; issue 17: the head (GCS on its own
 # Redis) killed and replaced, two `serve deploy` under locust, the head lost past
-# the workers' reconnect timeout. About 16 minutes here (five vLLM cold starts:
-# the deploy, the two redeploys and two replacements; issue 17 adds about 6).
+# the workers' reconnect timeout. 9 min 5 s for all nine scenarios in a full run
+# on 2026-11-30 (five vLLM cold starts: the deploy, the two redeploys and two
+# replacements; issue 17's three add about 6 min on a busier machine).
 test-faults: model system-deps
 	$(PY) -m pytest tests/faults -q
 
