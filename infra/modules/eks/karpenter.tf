@@ -128,21 +128,8 @@ resource "aws_cloudwatch_event_target" "karpenter" {
 # account when the release is called karpenter; addons.sh installs it so).
 
 resource "aws_iam_role" "karpenter_controller" {
-  name = "${var.name}-karpenter-controller"
-  assume_role_policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = [{
-      Effect    = "Allow"
-      Action    = "sts:AssumeRoleWithWebIdentity"
-      Principal = { Federated = aws_iam_openid_connect_provider.this.arn }
-      Condition = {
-        StringEquals = {
-          "${local.oidc_issuer_host}:sub" = local.karpenter_sa
-          "${local.oidc_issuer_host}:aud" = "sts.amazonaws.com"
-        }
-      }
-    }]
-  })
+  name               = "${var.name}-karpenter-controller"
+  assume_role_policy = local.irsa_trust_policy["karpenter"]
 }
 
 data "aws_iam_policy_document" "karpenter_controller" {

@@ -8,25 +8,31 @@ locals {
   elb_arn_prefix     = "arn:${local.partition}:elasticloadbalancing:${local.region}:${local.account_id}"
   ec2_arn_prefix     = "arn:${local.partition}:ec2:${local.region}:${local.account_id}"
   cluster_tag_absent = { "aws:ResourceTag/elbv2.k8s.aws/cluster" = "false" }
+
+  # One IRSA trust policy per controller role, each trusted only by its own service
+  # account (jsonencode rather than a policy document so the trust scope is testable
+  # at plan time). The Karpenter role uses local.karpenter_sa (karpenter.tf).
+  irsa_trust_policy = {
+    for role, sa in { lb_controller = local.lb_controller_sa, karpenter = local.karpenter_sa } : role => jsonencode({
+      Version = "2012-10-17"
+      Statement = [{
+        Effect    = "Allow"
+        Action    = "sts:AssumeRoleWithWebIdentity"
+        Principal = { Federated = aws_iam_openid_connect_provider.this.arn }
+        Condition = {
+          StringEquals = {
+            "${local.oidc_issuer_host}:sub" = sa
+            "${local.oidc_issuer_host}:aud" = "sts.amazonaws.com"
+          }
+        }
+      }]
+    })
+  }
 }
 
 resource "aws_iam_role" "lb_controller" {
-  name = "${var.name}-aws-load-balancer-controller"
-  # jsonencode rather than a policy document so the trust scope is testable at plan time.
-  assume_role_policy = jsonencode({
-    Version = "2012-10-17"
-    Statement = [{
-      Effect    = "Allow"
-      Action    = "sts:AssumeRoleWithWebIdentity"
-      Principal = { Federated = aws_iam_openid_connect_provider.this.arn }
-      Condition = {
-        StringEquals = {
-          "${local.oidc_issuer_host}:sub" = local.lb_controller_sa
-          "${local.oidc_issuer_host}:aud" = "sts.amazonaws.com"
-        }
-      }
-    }]
-  })
+  name               = "${var.name}-aws-load-balancer-controller"
+  assume_role_policy = local.irsa_trust_policy["lb_controller"]
 }
 
 data "aws_iam_policy_document" "lb_controller" {
