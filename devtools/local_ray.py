@@ -350,11 +350,16 @@ class LocalRay:
         CLI, whose own start (a Python process importing Ray) took several
         seconds of the cold start on 2 busy cores (issue 16)."""
         t0 = time.monotonic()
+        self.submit(config)
+        return self.wait_running(config["applications"][0]["name"], timeout_s, t0, progress)
+
+    def submit(self, config: dict[str, Any]) -> None:
+        """The deploy request alone (``deploy`` without waiting): the new
+        config is accepted, its deployments start in the background."""
         r = httpx.put(f"{self.dashboard}/api/serve/applications/", json=config, headers=self.auth_headers(),
                       timeout=120)
         if r.status_code != 200:
             raise RuntimeError(f"serve deploy failed: HTTP {r.status_code}: {r.text[-4000:]}")
-        return self.wait_running(config["applications"][0]["name"], timeout_s, t0, progress)
 
     def wait_running(self, name: str, timeout_s: float, t0: float | None = None, progress: bool = False) -> float:
         t0 = time.monotonic() if t0 is None else t0

@@ -638,10 +638,7 @@ def deploy_all(cluster: LocalRay, config: dict[str, Any], timeout_s: float) -> f
     t0 = time.monotonic()
     cluster.deploy(config, timeout_s=timeout_s)
     for app in config["applications"]:
-        while cluster.app_status(app["name"]).get("status") != "RUNNING":
-            if time.monotonic() - t0 > timeout_s:
-                raise TimeoutError(f"{app['name']}: {cluster.app_status(app['name'])}")
-            time.sleep(1)
+        cluster.wait_running(app["name"], timeout_s, t0)
     return time.monotonic() - t0
 
 

@@ -75,9 +75,7 @@ def cold_start(cluster: LocalRay, config: dict[str, Any], timeout_s: float = 600
     times it; returns seconds from the deploy request."""
     app = config["applications"][0]["name"]
     t0_wall, t0 = time.time(), time.monotonic()
-    r = httpx.put(f"{cluster.dashboard}/api/serve/applications/", json=config, headers=cluster.auth_headers(),
-                  timeout=120)
-    r.raise_for_status()
+    cluster.submit(config)
     built = pool_running = first = None
     pool = None
     while time.monotonic() - t0 < timeout_s:
@@ -137,9 +135,7 @@ def second_replica(cluster: LocalRay, config: dict[str, Any], deployment: str,
                 auto["min_replicas"] = auto["max_replicas"] = 2
     before = {m["pid"] for m in replica_marks(cluster) if m["what"] == "replica_init"}
     t0_wall, t0 = time.time(), time.monotonic()
-    r = httpx.put(f"{cluster.dashboard}/api/serve/applications/", json=cfg, headers=cluster.auth_headers(),
-                  timeout=120)
-    r.raise_for_status()
+    cluster.submit(cfg)
     while time.monotonic() - t0 < timeout_s:
         with contextlib.suppress(httpx.HTTPError):
             if running_replicas(cluster, app["name"], deployment) >= 2:
