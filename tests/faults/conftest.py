@@ -42,6 +42,9 @@ LLM_NEEDLE = "cpu-pool"
 # scaled down here so a head outage past it fits in the tier. The head-kill
 # scenario's outage (kill, down, `ray start`, GCS reload) stays well below it.
 WORKER_GCS_RECONNECT_S = 40
+# The ingress's autoscaling target (questions and user calls in flight per
+# replica): the scenarios' own load keeps at most 8 in flight in all.
+INGRESS_TARGET_ONGOING = 16
 # The scenarios run in this order (the stack is shared): control-plane
 # scenarios on the full cluster first, then test_faults.py (its worker-node kill
 # leaves one worker), then the head lost for good (it takes the workers down).
@@ -94,7 +97,17 @@ def fault_args() -> dict[str, Any]:
     # Two ingress replicas, as the prod overlay runs them: Serve spreads them
     # over the two workers, so losing a node leaves one serving (with one, a
     # node loss is a full outage by construction, not a fault to survive).
-    args["ingress"]["num_replicas"] = 2
+    #
+    # Autoscaled between 2 and 3, so the head-loss scenario can show the
+    # recovered Serve controller scaling a deployment it adopted from Redis
+    # (test_control_plane.py). The target is far above what the scenarios'
+    # load keeps in flight per replica (8 clients, a third of them asking),
+    # so only that scenario's burst of questions scales it.
+    args["ingress"].pop("num_replicas", None)
+    args["ingress"]["autoscaling"] = {
+        "min_replicas": 2, "max_replicas": 3, "target_ongoing_requests": INGRESS_TARGET_ONGOING,
+        "upscale_delay_s": 1, "downscale_delay_s": 5,
+    }
     model = args["llm"]["models"][0]
     model["source"] = str(MODEL_DIR)
     for pool in model["pools"]:

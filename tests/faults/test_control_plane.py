@@ -23,8 +23,9 @@ import httpx
 import pytest
 
 from devtools.local_ray import RayNode
+from loadtests.coldstart import running_replicas
 from tests.faults import procs
-from tests.faults.conftest import APP, WORKER_GCS_RECONNECT_S, FaultStack, fault_args
+from tests.faults.conftest import APP, INGRESS_TARGET_ONGOING, WORKER_GCS_RECONNECT_S, FaultStack, fault_args
 from tests.faults.load import FAST_503_S, LoadDriver
 from tests.faults.report import ScenarioResult, record
 from tests.faults.test_faults import BASELINE_S, TAIL_S, count_present, finish, wait_for, wait_healthy
@@ -44,6 +45,11 @@ HEAD_RECOVERY_S = WORKER_GCS_RECONNECT_S + 60.0
 INGRESS_DEPLOY_S = 180.0
 # A deploy that replaces the LLM replica: a vLLM cold start under load.
 ENGINE_DEPLOY_S = 480.0
+# Autoscaling after the new head: a new ingress replica (a Python process
+# importing the app, ~15 s under load on 2 cores) after Serve's metrics
+# push and look-back, and the way back after the downscale delay.
+SCALE_S = 150.0
+QUESTION_DEADLINE_S = 150.0
 LOCUST_USERS = 6
 
 
@@ -100,6 +106,49 @@ async def _deploy(stack: FaultStack, change, replaced: str, timeout_s: float) ->
     took = time.monotonic() - t0
     after = await asyncio.to_thread(_replica_pids, stack)
     return took, sorted(before[p] for p in set(before) - set(after))
+
+
+async def _scale_ingress(stack: FaultStack, url: str) -> dict[str, Any]:
+    """Drives the ingress past its autoscaling target with a burst of
+    uncached questions (each waits on the one CPU engine, so they pile up in
+    the ingress), waits for the controller to add a replica, stops the burst
+    and waits for it to remove one. Returns what happened, in seconds."""
+    def ingress() -> int:
+        return running_replicas(stack.cluster, APP, "Ingress")
+
+    before = await asyncio.to_thread(ingress)
+    assert before == 2, f"expected the ingress at its min_replicas (2), the controller reports {before} RUNNING"
+    # 3x the target over the current replicas: Serve's default policy wants
+    # ceil(in flight / target) replicas, capped at max_replicas (3).
+    concurrency = 3 * INGRESS_TARGET_ONGOING
+    stop = asyncio.Event()
+    answered: list[int] = []
+
+    async def asker(i: int, client: httpx.AsyncClient) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            r = await client.post("/question", json={"question": f"Count to {i * 1000 + n}.", "max_tokens": 32},
+                                  headers={"Cache-Control": "no-cache"})
+            answered.append(r.status_code)
+
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=QUESTION_DEADLINE_S, limits=limits) as client:
+        t0 = time.monotonic()
+        tasks = [asyncio.create_task(asker(i, client)) for i in range(concurrency)]
+        try:
+            up_s = await wait_for(lambda: asyncio.to_thread(lambda: ingress() > before),
+                                  SCALE_S, "the recovered controller adding an ingress replica under load", every_s=1)
+        finally:
+            stop.set()
+            # Each asker finishes the question it has in flight (nothing dropped).
+            await asyncio.gather(*tasks)
+        t_stop = time.monotonic()
+        peak = await asyncio.to_thread(ingress)
+    down_s = await wait_for(lambda: asyncio.to_thread(lambda: ingress() == before),
+                            SCALE_S, "the recovered controller removing the extra ingress replica", every_s=1)
+    return {"before": before, "peak": peak, "up_s": up_s, "burst_s": t_stop - t0, "down_s": down_s,
+            "concurrency": concurrency, "answered": answered}
 
 
 def _entry(stack: FaultStack) -> RayNode:
@@ -162,6 +211,12 @@ async def test_head_killed_under_load(fault_stack: FaultStack) -> None:
     assert probes["/-/healthz (serve port)"].startswith("200") and "success" in probes[
         "agent /api/local_raylet_healthz"], probes
 
+    # Autoscaling works on the new head: the controller, rebuilt from Redis,
+    # scales the ingress it adopted (no redeploy since the kill) up under a
+    # burst of questions and back down after it. Before the deploy below,
+    # which places the ingress replicas afresh (spread over both workers, as
+    # the node-loss scenarios expect).
+    scaled = await _scale_ingress(stack, entry.url)
     # A new deploy works on the new head (it restarts the ingress replicas).
     deploy_s, _ = await _deploy(stack, lambda a: a.update(users_default_limit=40), "Ingress", INGRESS_DEPLOY_S)
 
@@ -172,7 +227,12 @@ async def test_head_killed_under_load(fault_stack: FaultStack) -> None:
     print(f"[faults] head killed ({len(killed)} processes), down {t_restart - t_kill:.1f}s, new head's "
           f"`ray start` {start_s:.1f}s, app RUNNING with every replica adopted {recovery:.1f}s after the kill; "
           f"while down: {len(during)} requests, served {served}, fast 503 {fast_503}; worker probes while down: "
-          f"{probes}; a deploy on the new head RUNNING in {deploy_s:.1f}s", flush=True)
+          f"{probes}; autoscaling on the new head: ingress {scaled['before']} -> {scaled['peak']} replicas "
+          f"{scaled['up_s']:.1f}s into a burst of {scaled['concurrency']} concurrent questions "
+          f"({len(scaled['answered'])} answered over {scaled['burst_s']:.1f}s, statuses "
+          f"{sorted(set(scaled['answered']))}), back to {scaled['before']} {scaled['down_s']:.1f}s after it; "
+          f"a deploy on the new head RUNNING in {deploy_s:.1f}s", flush=True)
+    assert scaled["peak"] > scaled["before"] and set(scaled["answered"]) == {200}, scaled
     assert all(served.values()), f"not every kind of request was served while the head was down: {served}"
     await finish("head killed, new head on the same Redis", stack, load.stats, recovery)
 
