@@ -487,6 +487,8 @@ class Bench:
             if not p.quick:
                 self.res["second_replica"] = self.step("second replica of the CPU pool", lambda: second_replica(
                     cluster, config, cs["pool_deployment"]))
+                self.res["engine_settings"] = self.step("engine settings on /question", lambda: self.engine_settings(
+                    cluster, config, ids))
         finally:
             say(f"stopped Ray head on :{cluster.gcs_port} ({cluster.stop()} processes)")
 
@@ -538,6 +540,36 @@ class Bench:
         return {"alone": alone, "llm_saturated": busy, "llm_during": llm,
                 "p99_ratio": R.ratio(busy["p99_ms"], alone["p99_ms"]),
                 "p50_ratio": R.ratio(busy["p50_ms"], alone["p50_ms"])}
+
+    def engine_settings(self, cluster: LocalRay, config: dict[str, Any], ids: list[int]) -> list[dict[str, Any]]:
+        """The CPU pool's engine settings chosen on the path users take
+        (issue 16): each candidate is deployed as the pool's config, then
+        `/question` at 32 concurrent and the users path's isolation are
+        measured on it, one after the other in this run. The winner is the
+        fastest whose users p99 under a saturated engine stays <= 2x its idle
+        p99; serve_config.yaml ships it (the report says if it does not)."""
+        p = self.plan
+        top = max(p.llm_levels)
+        out = []
+        for name, kwargs, env in engine_candidates(cpu_pool()):
+            cfg = copy.deepcopy(config)
+            pool = next(x for m in cfg["applications"][0]["args"]["llm"]["models"] for x in m["pools"]
+                        if x["name"] == "cpu")
+            pool["engine_kwargs"], pool["env"] = kwargs, env
+            row: dict[str, Any] = {"name": name, "engine_kwargs": kwargs, "env": env}
+            try:
+                row["deploy_s"] = deploy_all(cluster, cfg, 600)
+                url = cluster.url
+                asyncio.run(ask_load(url, p, 4, 8))  # warm, as the serve phase
+                row["llm"] = llm_summary(asyncio.run(ask_load(url, p, top, p.llm_requests[top])))
+                row["isolation"] = self.isolation(url, ids)
+                say(f"  {name}: {R.fmt(row['llm']['tokens_per_s'])} tok/s @{top}, users p99 ratio "
+                    f"{R.fmt(row['isolation']['p99_ratio'], 2)}")
+            except Exception as exc:  # one candidate failing must not hide the others
+                row["error"] = f"{type(exc).__name__}: {exc}"
+                say(f"  {name}: FAILED {row['error']}")
+            out.append(row)
+        return out
 
     # 3. proxy modes on a users-only app ------------------------------------------------------------
     def proxy_mode_phase(self, name: str, ray_env: dict[str, str], env_vars: dict[str, str]) -> None:
@@ -631,6 +663,22 @@ class Bench:
             say(f"  vLLM server healthy after {server.ready_s:.1f}s ({env})")
             self.res["peer_vllm"] = [run_client(server.url, model_id, model_path(), p.peer_workload, seed=i)
                                      for i in range(p.reps)]
+
+
+def engine_candidates(pool: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
+    """serve_config.yaml's CPU pool first, then one change at a time: no core
+    kept for the rest of the node, and a bigger batch."""
+    kw, env = dict(pool["engine_kwargs"]), dict(pool["env"])
+    return [
+        (SHIPPED_ENGINE, kw, env),
+        ("no core reserved (VLLM_CPU_NUM_OF_RESERVED_CPU 0: OpenMP threads on every core)", kw,
+         {**env, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),
+        ("max_num_seqs 64, max_num_batched_tokens 4096", {**kw, "max_num_seqs": 64, "max_num_batched_tokens": 4096},
+         env),
+    ]
+
+
+SHIPPED_ENGINE = "serve_config.yaml as shipped"
 
 
 def deploy_all(cluster: LocalRay, config: dict[str, Any], timeout_s: float) -> float:

@@ -110,6 +110,12 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
          verdict(cached_p50, 20, higher_is_better=False)],
         ["9", "PostgreSQL queries for 200 concurrent cold reads (Serve, 1 ingress replica)", fmt(q_serve, 1),
          "1 per replica", verdict(q_serve, 1.5, higher_is_better=False)],
+        ["10", "CPU pool's engine settings chosen on `/question` (fastest with users p99 <= 2x): the winner",
+         (lambda w: "n/a" if w is None else w["name"])(engine_winner(res.get("engine_settings") or [])),
+         "serve_config.yaml ships it",
+         "" if not res.get("engine_settings") else (
+             "PASS" if (engine_winner(res["engine_settings"]) or {}).get("name") == res["engine_settings"][0]["name"]
+             else "MISS")],
     ]) + "\n")
     L.append(PEER_TEXT)
     L.append(_peer_table(res))
@@ -245,6 +251,31 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
                      fmt(_diff(_g(s, "ttft_p50_ms"), _g(d, "ttft_p50_ms")), 1, " ms")])
     L.append(md_table(["concurrent streams", "SSE p50/p95 ms", "direct p50/p95 ms", "added p50"], rows) + "\n")
 
+    # engine settings chosen on the /question path
+    es = res.get("engine_settings") or []
+    if es:
+        L.append("## Engine settings chosen on the `/question` path\n")
+        L.append("Each candidate was deployed as the CPU pool's config in the serve phase's cluster, then measured "
+                 f"the same way: `/question` at {top} concurrent (no-cache) and the users path's isolation. The "
+                 "winner is the fastest whose users p99 under a saturated engine stays <= 2x its idle p99.\n")
+        win = engine_winner(es)
+        rows = []
+        for row in es:
+            llm, iso_row = row.get("llm") or {}, row.get("isolation") or {}
+            rows.append([row["name"], fmt(row.get("deploy_s"), 1, " s"), fmt(llm.get("tokens_per_s")),
+                         f"{fmt(llm.get('p50_ms'), 0)} / {fmt(llm.get('p95_ms'), 0)}",
+                         fmt(iso_row.get("p99_ratio"), 2), fmt(_g(iso_row, "llm_during", "tokens_per_s")),
+                         "winner" if win is row else (row.get("error") or "")[:80]])
+        L.append(md_table(["candidate", "deploy -> RUNNING", f"tok/s @{top}", "p50/p95 ms",
+                           "users p99 saturated/alone", "tok/s during isolation", ""], rows) + "\n")
+        shipped = es[0]["name"]
+        if win is None:
+            L.append("No candidate kept the users path's p99 within 2x: none wins.\n")
+        elif win["name"] == shipped:
+            L.append("serve_config.yaml ships the winner.\n")
+        else:
+            L.append(f"**serve_config.yaml does not ship the winner** ({win['name']}).\n")
+
     # tuning
     L.append("## Engine tuning on CPU (vLLM driven directly)\n")
     rows = []
@@ -266,6 +297,12 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
         L.extend(f"- **{k}**: `{v[:400]}`" for k, v in res["errors"].items())
         L.append("")
     return "\n".join(L) + "\n"
+
+
+def engine_winner(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The fastest candidate on /question whose users p99 ratio is <= 2."""
+    ok = [r for r in rows if _g(r, "llm", "tokens_per_s") and (_g(r, "isolation", "p99_ratio") or 99) <= 2]
+    return max(ok, key=lambda r: r["llm"]["tokens_per_s"], default=None)
 
 
 def key_ratios(res: dict[str, Any]) -> dict[str, Any]:

@@ -107,6 +107,12 @@ def _results() -> dict:
         "peer_vllm": [{"output_throughput": 100.0, "median_ttft_ms": 4100.0} for _ in range(3)],
         "cold_start": {"first_answer_s": 40.0, "breakdown": {"import/build": 1.0, "engine start": 30.0}},
         "answer_cache": {"cached_p50_ms": 12.0, "fresh_p50_ms": 600.0},
+        "engine_settings": [
+            {"name": "shipped", "llm": {"tokens_per_s": 200.0}, "isolation": {"p99_ratio": 1.5}},
+            # faster, but the users path suffers past 2x: not the winner
+            {"name": "all cores", "llm": {"tokens_per_s": 230.0}, "isolation": {"p99_ratio": 3.1}},
+            {"name": "bigger batch", "llm": {"tokens_per_s": 190.0}, "isolation": {"p99_ratio": 1.2}},
+        ],
     }
 
 
@@ -120,6 +126,20 @@ def test_report_renders_ratios_from_results() -> None:
     assert "| 0.60 (0.55-0.65, n=3) | >= 0.6 | PASS |" in md
     assert "| 8.0 ms (5.0-12.0, n=3) / n/a | <= 10 ms | PASS |" in md
     assert "12.0 ms | <= 20 ms | PASS" in md
+    # the engine settings' winner: the fastest with users p99 <= 2x, shipped
+    assert "| shipped | serve_config.yaml ships it | PASS |" in md
+    assert "serve_config.yaml ships the winner." in md
+
+
+def test_an_engine_winner_that_is_not_shipped_is_a_miss() -> None:
+    from loadtests.report import engine_winner, write_report
+
+    res = _results()
+    res["engine_settings"][2]["llm"]["tokens_per_s"] = 210.0
+    assert engine_winner(res["engine_settings"])["name"] == "bigger batch"
+    md = write_report(res, [])
+    assert "| bigger batch | serve_config.yaml ships it | MISS |" in md
+    assert "**serve_config.yaml does not ship the winner** (bigger batch)" in md
 
 
 def test_goal_rows_are_found_by_the_script() -> None:
@@ -131,7 +151,7 @@ def test_goal_rows_are_found_by_the_script() -> None:
     assert found["ours_vs_best_direct_vllm"]["verdict"] == "PASS"
     assert found["deploy_to_first_answer"]["measured"] == "40.0 s"
     assert found["cached_users_serve_vs_uvicorn"]["measured"] == "0.60 (0.55-0.65, n=3)"
-    assert len(goal_rows(md)) == 9
+    assert len(goal_rows(md)) == 10
     # a report without them (issue 6's) is told apart
     assert required_rows("## Goals\n\n| # | what |\n|---|---|\n| 1 | other |\n")["deploy_to_first_answer"] is None
 def test_committed_report_has_the_goal_rows() -> None:
