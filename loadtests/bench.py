@@ -375,6 +375,35 @@ async def ask_load(url: str, plan: Plan, concurrency: int, total: int | None, *,
     return {"wall_s": wall, "results": results, "errors": errors}
 
 
+async def openai_stream_ttft(url: str, model_id: str, concurrency: int, total: int, max_tokens: int
+                             ) -> dict[str, Any]:
+    """Time to first token of streamed `/v1/chat/completions` (vLLM's own
+    OpenAI server), the same prompts and closed loop as ``ask_load``'s SSE."""
+    results: list[dict[str, Any]] = []
+    counter = iter(range(total))
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=180, limits=limits) as c:
+
+        async def worker() -> None:
+            for i in counter:
+                body = {"model": model_id, "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                        "max_tokens": max_tokens, "temperature": TEMPERATURE, "stream": True}
+                t0 = time.perf_counter()
+                ttft = None
+                async with c.stream("POST", "/v1/chat/completions", json=body) as r:
+                    r.raise_for_status()
+                    async for line in r.aiter_lines():
+                        if ttft is None and line.startswith("data: {"):
+                            delta = (json.loads(line[6:]).get("choices") or [{}])[0].get("delta") or {}
+                            if delta.get("content"):
+                                ttft = (time.perf_counter() - t0) * 1000
+                results.append({"latency_ms": (time.perf_counter() - t0) * 1000, "ttft_ms": ttft, "tokens": 0})
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"wall_s": time.perf_counter() - t0, "results": results, "errors": []}
+
+
 def ttft_reps(once: Callable[[], dict[str, Any]], reps: int) -> dict[str, Any]:
     """``reps`` runs of one TTFT level: the pooled summary, plus each run's p50."""
     runs = [once() for _ in range(reps)]
@@ -663,6 +692,11 @@ class Bench:
             say(f"  vLLM server healthy after {server.ready_s:.1f}s ({env})")
             self.res["peer_vllm"] = [run_client(server.url, model_id, model_path(), p.peer_workload, seed=i)
                                      for i in range(p.reps)]
+            # Streaming TTFT of vLLM's own server at the SSE levels: what the
+            # engine's own OpenAI layer adds over the in-process engine.
+            self.res["ttft_vllm_server"] = {str(c): self.step(f"ttft vLLM server c={c}", lambda c=c: ttft_reps(
+                lambda: asyncio.run(openai_stream_ttft(server.url, model_id, c, p.ttft_requests[c],
+                                                       p.ttft_max_tokens)), p.reps)) for c in p.ttft_levels}
 
 
 def engine_candidates(pool: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, str]]]:

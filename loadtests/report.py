@@ -250,6 +250,16 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
                      f"{fmt(_g(d, 'ttft_p50_ms'), 0)} / {fmt(_g(d, 'ttft_p95_ms'), 0)}",
                      fmt(_diff(_g(s, "ttft_p50_ms"), _g(d, "ttft_p50_ms")), 1, " ms")])
     L.append(md_table(["concurrent streams", "SSE p50/p95 ms", "direct p50/p95 ms", "added p50"], rows) + "\n")
+    if res.get("ttft_vllm_server"):
+        rows = []
+        for c in plan.get("ttft_levels") or []:
+            v, d = _g(res, "ttft_vllm_server", c), _g(res, "direct", "ttft", c)
+            rows.append([c, f"{fmt(_g(v, 'ttft_p50_ms'), 0)} / {fmt(_g(v, 'ttft_p95_ms'), 0)}",
+                         fmt(_diff(_g(v, "ttft_p50_ms"), _g(d, "ttft_p50_ms")), 1, " ms")])
+        L.append("The same streams against vLLM's own OpenAI server (`/v1/chat/completions`, stream; the peer phase's "
+                 "server, best CPU settings): what vLLM's OpenAI layer adds over its in-process engine.\n")
+        L.append(md_table(["concurrent streams", "vLLM server p50/p95 ms", "added p50 over the in-process engine"],
+                          rows) + "\n")
 
     # engine settings chosen on the /question path
     es = res.get("engine_settings") or []
