@@ -50,6 +50,7 @@ target (a ``RotatingFileHandler``) reopens its file on the next write.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -200,13 +201,67 @@ class PoolServer:
             yield [{"error": {"code": 400, "message": f"invalid chat completion request: {str(exc)[:2000]}"}}]
             return
         gen = await self._server.chat(request)
-        async for batch in gen:
-            yield [_to_json(item) for item in (batch if isinstance(batch, list) else [batch])]
+        async for items in _coalesced(gen):
+            yield [_to_json(item) for item in items]
 
     async def __del__(self) -> None:
         engine = getattr(getattr(self, "_server", None), "engine", None)
         if engine is not None:
             await engine.shutdown()
+
+
+async def _coalesced(gen: AsyncIterator[Any]) -> AsyncIterator[list[Any]]:
+    """``gen``'s items, each batch holding every item ready by then.
+
+    Serve LLM yields each streamed chunk on its own (its timed batching is
+    off: a timer adds straight to time to first token), and each yield is one
+    message to the ingress. A reader task drains ``gen`` into a queue; every
+    time the caller asks for more, it gets everything queued. Nothing waits
+    on a timer: the first answer chunk goes with the role chunk vLLM emits
+    just before it (one message instead of two on the way to the first
+    token), and when the ingress falls behind under load, what piled up meanwhile
+    travels as one message instead of one per token.
+    """
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    end = object()
+
+    async def read() -> None:
+        try:
+            async for batch in gen:
+                for item in batch if isinstance(batch, list) else [batch]:
+                    queue.put_nowait(item)
+        except Exception as exc:  # handed to the caller, in order
+            queue.put_nowait(_Failed(exc))
+        finally:
+            queue.put_nowait(end)
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            done = items[-1] is end
+            ready = [i for i in items if i is not end]
+            failed = next((i for i in ready if isinstance(i, _Failed)), None)
+            ready = [i for i in ready if not isinstance(i, _Failed)]
+            if ready:
+                yield ready
+            if failed is not None:
+                raise failed.exc
+            if done:
+                return
+    finally:
+        # The caller is gone (client disconnect, deadline) or done: cancelling
+        # the reader closes ``gen``, which aborts the request on the engine.
+        # Not awaited: suppressing the reader's CancelledError here could
+        # swallow a cancellation of the caller's own task.
+        reader.cancel()
+
+
+class _Failed:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
 
 
 COLDSTART_MARK = "[pool-coldstart]"

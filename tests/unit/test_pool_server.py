@@ -4,11 +4,14 @@ OpenMP binding is derived from the node's usable CPUs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from serve_app.config import REPO_ROOT, AppArgs
 from serve_app.llm import deployment_name, deployment_options, llm_config, replica_llm_config
@@ -96,3 +99,68 @@ def test_replica_count_is_not_a_constructor_argument() -> None:
     assert replica_llm_config(model, pool) == replica_llm_config(model, more)
     assert llm_config(model, pool) != llm_config(model, more)
     assert deployment_options(model, more, "x")["autoscaling_config"]["min_replicas"] == 2
+
+
+# -- the stream between the engine and the ingress -------------------------------------
+class _Engine:
+    """Stands in for Serve LLM's chat stream: yields what ``script`` says,
+    each step after the previous one, and records whether it was closed."""
+
+    def __init__(self, script: list[list[str] | Exception]) -> None:
+        self.script = script
+        self.step = asyncio.Event()
+        self.closed = asyncio.Event()
+
+    async def gen(self):
+        try:
+            for entry in self.script:
+                await self.step.wait()  # a real suspension, as waiting on the engine is
+                self.step.clear()
+                if isinstance(entry, Exception):
+                    raise entry
+                for item in entry:
+                    yield [item]  # Serve LLM with batching off: one item per yield
+        finally:
+            self.closed.set()
+
+
+async def test_items_ready_together_travel_as_one_message() -> None:
+    from serve_app.pool_server import _coalesced
+
+    engine = _Engine([["role", "token 1"], ["token 2"]])
+    out = _coalesced(engine.gen())
+    engine.step.set()
+    # vLLM emits the role chunk and the first token in one step: one message.
+    assert await out.__anext__() == ["role", "token 1"]
+    engine.step.set()
+    assert await out.__anext__() == ["token 2"]
+    engine.step.set()
+    with pytest.raises(StopAsyncIteration):
+        await out.__anext__()
+    assert engine.closed.is_set()
+
+
+async def test_an_engine_error_follows_what_came_before_it() -> None:
+    from serve_app.pool_server import _coalesced
+
+    engine = _Engine([["role"], RuntimeError("engine died")])
+    out = _coalesced(engine.gen())
+    engine.step.set()
+    assert await out.__anext__() == ["role"]
+    engine.step.set()
+    with pytest.raises(RuntimeError, match="engine died"):
+        await out.__anext__()
+
+
+async def test_a_caller_that_goes_away_closes_the_engine_stream() -> None:
+    """A client disconnect closes the pool's generator: the engine's stream must
+    be closed too (that is what aborts the request in vLLM)."""
+    from serve_app.pool_server import _coalesced
+
+    engine = _Engine([["role", "token 1"], ["token 2"], ["token 3"]])
+    out = _coalesced(engine.gen())
+    engine.step.set()
+    assert await out.__anext__() == ["role", "token 1"]
+    await out.aclose()
+    # The reader task is cancelled; its cancellation closes the engine stream.
+    await asyncio.wait_for(engine.closed.wait(), 5)
