@@ -591,6 +591,9 @@ class Bench:
                 url = cluster.url
                 asyncio.run(ask_load(url, p, 4, 8))  # warm, as the serve phase
                 row["llm"] = llm_summary(asyncio.run(ask_load(url, p, top, p.llm_requests[top])))
+                # What one user waits for the first token on this candidate (reported, not a criterion).
+                row["ttft_1"] = llm_summary(asyncio.run(ask_load(url, p, 1, p.ttft_requests[1], stream=True,
+                                                                 max_tokens=p.ttft_max_tokens)))
                 row["isolation"] = self.isolation(url, ids)
                 say(f"  {name}: {R.fmt(row['llm']['tokens_per_s'])} tok/s @{top}, users p99 ratio "
                     f"{R.fmt(row['isolation']['p99_ratio'], 2)}")

@@ -274,9 +274,10 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
             llm, iso_row = row.get("llm") or {}, row.get("isolation") or {}
             rows.append([row["name"], fmt(row.get("deploy_s"), 1, " s"), fmt(llm.get("tokens_per_s")),
                          f"{fmt(llm.get('p50_ms'), 0)} / {fmt(llm.get('p95_ms'), 0)}",
+                         fmt(_g(row, "ttft_1", "ttft_p50_ms"), 0, " ms"),
                          fmt(iso_row.get("p99_ratio"), 2), fmt(_g(iso_row, "llm_during", "tokens_per_s")),
                          "winner" if win is row else (row.get("error") or "")[:80]])
-        L.append(md_table(["candidate", "deploy -> RUNNING", f"tok/s @{top}", "p50/p95 ms",
+        L.append(md_table(["candidate", "deploy -> RUNNING", f"tok/s @{top}", "p50/p95 ms", "SSE TTFT p50, 1 stream",
                            "users p99 saturated/alone", "tok/s during isolation", ""], rows) + "\n")
         shipped = es[0]["name"]
         if win is None:
