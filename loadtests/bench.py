@@ -49,12 +49,35 @@ from tests.conftest import REDIS_URL, create_database, drop_database, drop_prefi
 from tests.serve_harness import LocalRay  # noqa: E402
 from tests.serve_harness import args_from_serve_config as _serve_config_args  # noqa: E402
 
+# The rate-limit buckets the benchmark raises above its own load: with
+# serve_config's (users 50/s per key, questions 2/s) the generator would
+# measure the limiter's refusals; raised, every request still pays the
+# limiter's work (its Redis script), but none is refused.
+BENCH_BUCKETS = {
+    "users": {"rate_per_s": 1_000_000, "burst": 1_000_000},
+    "questions": {"rate_per_s": 1_000_000, "burst": 1_000_000},
+    "question_tokens": {"rate_per_s": 100_000_000, "burst": 100_000_000},
+}
+# API keys of the load generator, one per client connection (the most clients
+# of any users level); created in the benchmark's database by main().
+KEYS: list[str] = []
+N_KEYS = 32
+
 
 def args_from_serve_config(**overrides: Any) -> dict[str, Any]:
-    """serve_config.yaml's args for the benchmark: API keys and rate limits off,
-    because one load generator is one client and would measure the limiter
-    (both are measured in tests/integration/test_auth_limits.py instead)."""
-    return _serve_config_args(**{"auth": {"users": "open"}, "rate_limits": {"enabled": False}, **overrides})
+    """serve_config.yaml's args for the benchmark: the full app as users run
+    it (API keys on the users routes, rate limits on), with the buckets of
+    BENCH_BUCKETS raised above the benchmark's load. The same args go to
+    plain uvicorn (``Uvicorn``) and to Serve."""
+    args = _serve_config_args()
+    args["rate_limits"] = {**args["rate_limits"], **copy.deepcopy(BENCH_BUCKETS)}
+    args.update(overrides)
+    return args
+
+
+def auth(n: int = 0) -> dict[str, str]:
+    """The Authorization header of the benchmark's key ``n`` (none before main() made them)."""
+    return {"Authorization": f"Bearer {KEYS[n % len(KEYS)]}"} if KEYS else {}
 
 try:
     from devtools.local_ray import free_port
@@ -202,7 +225,10 @@ class Uvicorn:
     def __init__(self, env: dict[str, str], cache_enabled: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "LOADTEST_CACHE_ENABLED": "1" if cache_enabled else "0"}
+        # The args Serve gets (API keys and rate limits on), the model left out.
+        args = args_from_serve_config(llm=None)
+        args["cache"]["enabled"] = cache_enabled
+        self.env = {**os.environ, **env, "LOADTEST_APP_ARGS": json.dumps(args)}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Uvicorn:
@@ -256,7 +282,7 @@ async def settled_scans(dbname: str, wait_s: float = 11) -> int:
 async def seed_users(url: str, n: int) -> list[int]:
     ids = []
     tag = uuid.uuid4().hex[:8]
-    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+    async with httpx.AsyncClient(base_url=url, timeout=30, headers=auth()) as c:
         for i in range(n):
             r = await c.post("/users", json={"name": f"bench {i}", "email": f"b{i}-{tag}@example.com"})
             r.raise_for_status()
@@ -272,15 +298,19 @@ def users_levels(url: str, ids: list[int], levels: list[int], duration: float,
     req/s of every run in ``reps_rps``)."""
     paths = [f"/users/{i}" for i in ids]
     out: dict[str, Any] = {}
-    run_load(url, paths, 2, 1)  # connections and code paths warm
+    run_load(url, paths, 2, 1, keys=KEYS)  # connections and code paths warm
     for c in levels:
-        r = run_load(url, paths, c, duration)
+        r = run_load(url, paths, c, duration, keys=KEYS)
         if c == max(levels) and reps > 1:
-            r["reps_rps"] = [r["rps"]] + [run_load(url, paths, c, duration)["rps"] for _ in range(reps - 1)]
+            more = [run_load(url, paths, c, duration, keys=KEYS) for _ in range(reps - 1)]
+            r["reps_rps"] = [r["rps"]] + [m["rps"] for m in more]
+            r["reps_loadavg"] = [r["loadavg"]] + [m["loadavg"] for m in more]
         r["loadgen_saturated"] = R.generator_saturated(r["loadgen_cpu_s"], r["wall_s"], r["loadgen_cores"])
         out[str(c)] = r
         say(f"  users c={c}: {R.fmt(r['rps'])} req/s p50 {R.fmt(r['p50_ms'], 2)} ms p99 {R.fmt(r['p99_ms'], 2)} ms"
-            f" errors {r['errors']} loadgen CPU {r['loadgen_cpu_s'] / max(r['wall_s'], 1e-9):.0%}")
+            f" errors {r['errors']} {r.get('error_statuses') or ''} loadgen CPU "
+            f"{r['loadgen_cpu_s'] / max(r['wall_s'], 1e-9):.0%} load avg {r['loadavg'][0]:.2f}"
+            + (f" reps {[round(x) for x in r['reps_rps']]}" if "reps_rps" in r else ""))
     return out
 
 
@@ -289,7 +319,7 @@ async def stampede(url: str, dbname: str, burst: int) -> dict[str, Any]:
     table's scan counter."""
     tag = uuid.uuid4().hex[:8]
     limits = httpx.Limits(max_connections=burst, max_keepalive_connections=burst)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=auth()) as c:
         users = []
         for i in range(4):
             r = await c.post("/users", json={"name": f"hot {i}", "email": f"hot{i}-{tag}@example.com"})
@@ -548,14 +578,15 @@ class Bench:
     def isolation(self, url: str, ids: list[int]) -> dict[str, Any]:
         p = self.plan
         paths = [f"/users/{i}" for i in ids]
-        alone = run_load(url, paths, p.isolation_concurrency, p.isolation_duration)
+        alone = run_load(url, paths, p.isolation_concurrency, p.isolation_duration, keys=KEYS)
 
         async def loaded() -> tuple[dict[str, Any], dict[str, Any]]:
             stop = asyncio.Event()
             sink: dict[str, Any] = {}
             sat = asyncio.create_task(ask_load(url, p, 32, None, stop=stop, sink=sink))
             await asyncio.sleep(4)  # the engine's batch fills
-            users = await asyncio.to_thread(run_load, url, paths, p.isolation_concurrency, p.isolation_duration)
+            users = await asyncio.to_thread(run_load, url, paths, p.isolation_concurrency, p.isolation_duration,
+                                            keys=KEYS)
             stop.set()
             try:
                 await asyncio.wait_for(asyncio.shield(sat), 20)
@@ -602,6 +633,27 @@ class Bench:
                 say(f"  {name}: FAILED {row['error']}")
             out.append(row)
         return out
+
+    # 2b. the users path alone in the run command's mode, without the LLM -------------------------------
+    def serve_users_phase(self, env_vars: dict[str, str]) -> None:
+        """The serve phase's users measurement on a users-only app (args
+        llm=None, no vLLM): what `--skip serve` leaves to measure the users
+        path in the run command's mode (throughput-optimized + HAProxy)."""
+        p = self.plan
+        cluster = LocalRay(extra_env={"PYTHONPATH": str(REPO)})
+        self.res["serve_mode"] = {k: v for k, v in cluster.env.items() if k in THROUGHPUT_MODE_ENV}
+        self.res["users_serve_app"] = "users-only (args llm=None)"
+        try:
+            cluster.start()
+            config = cluster.serve_config(args_from_serve_config(llm=None), env_vars)
+            self.res["users_serve_deploy_s"] = deploy_all(cluster, config, 300)
+            url = cluster.url
+            wait_ready(url, 60)
+            ids = asyncio.run(seed_users(url, p.users_seed))
+            self.res["users_serve"] = self.step("users serve (users-only app)", lambda: users_levels(
+                url, ids, p.users_levels, p.users_duration, p.reps))
+        finally:
+            say(f"stopped Ray head on :{cluster.gcs_port} ({cluster.stop()} processes)")
 
     # 3. proxy modes on a users-only app ------------------------------------------------------------
     def proxy_mode_phase(self, name: str, ray_env: dict[str, str], env_vars: dict[str, str]) -> None:
@@ -718,6 +770,15 @@ def engine_candidates(pool: dict[str, Any]) -> list[tuple[str, dict[str, Any], d
 SHIPPED_ENGINE = "serve_config.yaml as shipped"
 
 
+async def create_keys(dsn: str, n: int) -> list[str]:
+    """``n`` API keys in the benchmark's database (one per client connection)."""
+    from serve_app.auth import create_api_key
+    from serve_app.settings import Settings
+
+    settings = Settings(database_sslmode="disable")
+    return [await create_api_key(dsn, f"bench-{i}", settings) for i in range(n)]
+
+
 def deploy_all(cluster: LocalRay, config: dict[str, Any], timeout_s: float) -> float:
     """Deploys the config and waits until every application in it is RUNNING."""
     t0 = time.monotonic()
@@ -799,7 +860,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="short run: fewer levels and requests, no tuning variants")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--skip", default="",
-                    help="comma list of phases to skip: uvicorn,serve,direct,peer,proxy,autoscaling")
+                    help="comma list of phases to skip: uvicorn,serve,direct,peer,proxy,autoscaling; with serve "
+                         "skipped, the users path is measured on a users-only app in the run command's mode "
+                         "(skip that too with users)")
     ap.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra env for the CPU pool's engine, in Serve and direct alike (repeatable)")
     ns = ap.parse_args()
@@ -815,13 +878,18 @@ def main() -> int:
     dsn = pg_dsn(dbname)
     env_vars = {"DATABASE_URL": dsn, "REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix,
                 "DATABASE_SSLMODE": "disable"}
-    say(f"database {dbname}, Redis prefix {prefix}, load generator {bench.res['loadgen']}")
+    KEYS[:] = asyncio.run(create_keys(dsn, N_KEYS))
+    bench.res["api_keys"] = len(KEYS)
+    bench.res["bench_buckets"] = BENCH_BUCKETS
+    say(f"database {dbname}, Redis prefix {prefix}, load generator {bench.res['loadgen']}, {len(KEYS)} API keys")
     prev = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         if "uvicorn" not in skip:
             bench.step("phase uvicorn", lambda: bench.uvicorn_phase(env_vars, dbname))
         if "serve" not in skip:
             bench.step("phase serve", lambda: bench.serve_phase(env_vars, dbname))
+        elif "users" not in skip:
+            bench.step("phase serve users-only", lambda: bench.serve_users_phase(env_vars))
         if "direct" not in skip:
             bench.step("phase direct", bench.direct_phase)
         if "peer" not in skip:

@@ -8,6 +8,13 @@ N --duration S``, JSON on stdout).
 
 Both report their own CPU time, so the benchmark can tell whether the number
 is the server's capacity or the generator's.
+
+API keys (``keys``): the app's users routes need one, and its rate limiter
+counts per key, so the generator carries several: the aiohttp loop gives
+client connection ``i`` (its worker ``i``) key ``i mod len(keys)``; wrk, one
+thread without per-connection state in its script, takes them round-robin
+per request. They reach the child process in ``LOADGEN_API_KEYS`` (comma
+separated), not on its command line.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -32,12 +40,17 @@ from loadtests.bench_report import percentile  # noqa: E402
 
 WRK_LUA = r"""
 local paths = {}
+local keys = {}
 local i = 0
 init = function(args)
   for _, p in ipairs(args) do table.insert(paths, p) end
+  for k in string.gmatch(os.getenv("LOADGEN_API_KEYS") or "", "[^,]+") do table.insert(keys, k) end
 end
 request = function()
   i = i + 1
+  if #keys > 0 then
+    return wrk.format("GET", paths[(i % #paths) + 1], {Authorization = "Bearer " .. keys[(i % #keys) + 1]})
+  end
   return wrk.format("GET", paths[(i % #paths) + 1])
 end
 done = function(summary, latency, requests)
@@ -61,7 +74,19 @@ def have_wrk() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run_wrk(base_url: str, paths: list[str], concurrency: int, duration_s: float, threads: int = 1) -> dict[str, Any]:
+KEYS_ENV = "LOADGEN_API_KEYS"
+
+
+def _env_with_keys(keys: list[str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop(KEYS_ENV, None)
+    if keys:
+        env[KEYS_ENV] = ",".join(keys)
+    return env
+
+
+def run_wrk(base_url: str, paths: list[str], concurrency: int, duration_s: float, threads: int = 1,
+            keys: list[str] | None = None) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_LUA)
     cpu0 = _children_cpu()
@@ -69,7 +94,7 @@ def run_wrk(base_url: str, paths: list[str], concurrency: int, duration_s: float
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{max(concurrency, threads)}", f"-d{int(duration_s)}s", "--timeout", "10s",
          "-s", f.name, base_url, "--", *paths],
-        capture_output=True, text=True, timeout=duration_s + 60,
+        capture_output=True, text=True, timeout=duration_s + 60, env=_env_with_keys(keys),
     )
     wall = time.perf_counter() - t0
     cpu = _children_cpu() - cpu0
@@ -97,25 +122,30 @@ def run_wrk(base_url: str, paths: list[str], concurrency: int, duration_s: float
     }
 
 
-async def _aiohttp_loop(base_url: str, paths: list[str], concurrency: int, duration_s: float) -> dict[str, Any]:
+async def _aiohttp_loop(base_url: str, paths: list[str], concurrency: int, duration_s: float,
+                        keys: list[str] | None = None) -> dict[str, Any]:
     import aiohttp
 
     lat: list[float] = []
     errors = 0
+    statuses: dict[str, int] = {}
     stop_at = time.perf_counter() + duration_s
     counter = iter(range(10**12))
     conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     async with aiohttp.ClientSession(base_url, connector=conn) as session:
 
-        async def worker() -> None:
+        async def worker(n: int) -> None:
             nonlocal errors
+            headers = {"Authorization": f"Bearer {keys[n % len(keys)]}"} if keys else None
             while time.perf_counter() < stop_at:
                 path = paths[next(counter) % len(paths)]
                 t0 = time.perf_counter()
                 try:
-                    async with session.get(path) as r:
+                    async with session.get(path, headers=headers) as r:
                         await r.read()
                         ok = r.status < 400
+                        if not ok:
+                            statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
                 except aiohttp.ClientError:
                     ok = False
                 if ok:
@@ -124,18 +154,19 @@ async def _aiohttp_loop(base_url: str, paths: list[str], concurrency: int, durat
                     errors += 1
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(n) for n in range(concurrency)))
         wall = time.perf_counter() - t0
-    return {"lat": lat, "errors": errors, "wall": wall}
+    return {"lat": lat, "errors": errors, "wall": wall, "error_statuses": statuses}
 
 
-def run_aiohttp(base_url: str, paths: list[str], concurrency: int, duration_s: float) -> dict[str, Any]:
+def run_aiohttp(base_url: str, paths: list[str], concurrency: int, duration_s: float,
+                keys: list[str] | None = None) -> dict[str, Any]:
     """The aiohttp loop in a child process (so its CPU is measurable)."""
     cpu0 = _children_cpu()
     out = subprocess.run(
         [sys.executable, str(Path(__file__)), base_url, *paths, "--concurrency", str(concurrency),
          "--duration", str(duration_s)],
-        capture_output=True, text=True, timeout=duration_s + 60,
+        capture_output=True, text=True, timeout=duration_s + 60, env=_env_with_keys(keys),
     )
     cpu = _children_cpu() - cpu0
     if out.returncode != 0:
@@ -149,6 +180,7 @@ def run_aiohttp(base_url: str, paths: list[str], concurrency: int, duration_s: f
         "count": n + errors,
         "errors": errors,
         "error_rate": errors / (n + errors) if n + errors else 0.0,
+        "error_statuses": r.get("error_statuses") or {},
         "rps": n / wall if wall else None,
         "p50_ms": percentile(lat, 50),
         "p95_ms": percentile(lat, 95),
@@ -161,8 +193,10 @@ def run_aiohttp(base_url: str, paths: list[str], concurrency: int, duration_s: f
 
 
 def run_load(
-    base_url: str, paths: list[str], concurrency: int, duration_s: float, tool: str = "auto"
+    base_url: str, paths: list[str], concurrency: int, duration_s: float, tool: str = "auto",
+    keys: list[str] | None = None,
 ) -> dict[str, Any]:
+    """``keys``: API keys sent as ``Authorization: Bearer`` (see the module docstring)."""
     # A base URL with a path (an app under a route prefix): wrk and aiohttp
     # want the origin, and the prefix on every path.
     parts = urlsplit(base_url)
@@ -170,8 +204,12 @@ def run_load(
         paths = [parts.path.rstrip("/") + p for p in paths]
         base_url = f"{parts.scheme}://{parts.netloc}"
     if tool == "wrk" or (tool == "auto" and have_wrk()):
-        return run_wrk(base_url, paths, concurrency, duration_s)
-    return run_aiohttp(base_url, paths, concurrency, duration_s)
+        r = run_wrk(base_url, paths, concurrency, duration_s, keys=keys)
+    else:
+        r = run_aiohttp(base_url, paths, concurrency, duration_s, keys=keys)
+    # The machine's load average (1, 5, 15 min) as the run ended: it is shared.
+    r["loadavg"] = os.getloadavg()
+    return r
 
 
 if __name__ == "__main__":
@@ -181,5 +219,6 @@ if __name__ == "__main__":
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--duration", type=float, default=10)
     ns = p.parse_args()
-    res = asyncio.run(_aiohttp_loop(ns.base_url, ns.paths, ns.concurrency, ns.duration))
+    keys = [k for k in os.environ.get(KEYS_ENV, "").split(",") if k]
+    res = asyncio.run(_aiohttp_loop(ns.base_url, ns.paths, ns.concurrency, ns.duration, keys))
     json.dump(res, sys.stdout)

@@ -60,9 +60,20 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
              f"generator: {res.get('loadgen')}, closed loop, {plan.get('users_duration')} s per level. "
              "Load generator and server share the 2 cores: its CPU share is shown next to each number.\n")
     serve_env = " ".join(f"{k}={v}" for k, v in (res.get("serve_mode") or {}).items())
+    buckets = res.get("bench_buckets")
+    if buckets:
+        raised = ", ".join(f"{k} {v['rate_per_s']:g}/s burst {v['burst']:g}" for k, v in buckets.items())
+        app_text = (f"the apps (uvicorn and Serve alike) run as users run them, API keys on the users routes and "
+                    f"rate limits on; the load generator carries {res.get('api_keys')} API keys (one per client "
+                    f"connection) and the buckets are raised above the benchmark's load ({raised}), so every "
+                    "request pays the key check and the limiter's Redis round trip but none is refused")
+    else:
+        app_text = ("the apps run with API keys and rate limits off (one load generator is one client; both are "
+                    "measured by the tests)")
     L.append(f"**Serve**: {('`' + serve_env + '`') if serve_env else 'default HTTP proxy'} (the run command's mode); "
-             "the apps run with API keys and rate limits off (one load generator is one client; both are "
-             "measured by the tests).\n")
+             f"{app_text}.\n")
+    if res.get("users_serve_app"):
+        L.append(f"**Users path on Serve**: {res['users_serve_app']} (the serve phase was skipped).\n")
 
     if res.get("engine_env_override"):
         L.append(f"**Engine env override** (`--engine-env`, Serve and direct alike): "
@@ -99,7 +110,8 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
         ["3", "cold start: deploy -> first answered question", fmt(cold, 1, " s"), "<= 45 s",
          verdict(cold, 45, higher_is_better=False)],
         ["4", "second replica of a running pool: deploy -> RUNNING", fmt(second, 1, " s"), "report", ""],
-        ["5", "cached GET /users/{id} req/s at 32 clients, Serve / uvicorn (API keys and rate limits off)",
+        ["5", "cached GET /users/{id} req/s at 32 clients, Serve / uvicorn (API keys and rate limits "
+         f"{'on' if res.get('bench_buckets') else 'off'})",
          fmt_spread(k["users"]), ">= 0.6", verdict(_g(k["users"], "median"), 0.6)],
         ["6", "SSE time to first token added p50 over the engine, 1 / 8 streams",
          f"{fmt_spread(k['sse_added']['1'], 1, ' ms')} / {fmt_spread(k['sse_added']['8'], 1, ' ms')}", "<= 10 ms",
