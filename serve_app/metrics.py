@@ -7,6 +7,8 @@ tally is kept.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter as _Tally
 from typing import Any
 
@@ -50,18 +52,22 @@ def exported_names() -> set[str]:
     return names
 
 
-class _Noop:
-    def inc(self, *_: Any, **__: Any) -> None: ...
-
-    def observe(self, *_: Any, **__: Any) -> None: ...
-
-
 class AppMetrics:
-    def __init__(self) -> None:
+    """Counters are summed in process and handed to Ray once per series and
+    ``flush_interval_s`` (``flush``, from the request path when the interval
+    has passed, and from ``flush_periodically`` when traffic stops): a Ray
+    counter call per request and series cost more of the ingress's CPU than
+    the rest of the metrics together. Histograms are observed as they come."""
+
+    def __init__(self, flush_interval_s: float = 1.0) -> None:
         # Every recorded event, by (metric, tags): lets tests and /readyz read
         # what this replica did without scraping.
         self.tally: _Tally[tuple[str, tuple[tuple[str, str], ...]]] = _Tally()
         self._ray = self._make_ray_metrics()
+        self.flush_interval_s = flush_interval_s
+        # Counter increments not yet handed to Ray, by (metric, tags).
+        self._pending: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._last_flush = time.monotonic()
 
     @staticmethod
     def _make_ray_metrics() -> dict[str, Any]:
@@ -81,12 +87,37 @@ class AppMetrics:
         return made
 
     def _record(self, name: str, kind: str, value: float, tags: dict[str, str]) -> None:
-        self.tally[(name, tuple(sorted(tags.items())))] += 1
-        metric = self._ray.get(name, _Noop())
+        key = (name, tuple(sorted(tags.items())))
+        self.tally[key] += 1
+        metric = self._ray.get(name)
+        if metric is None:
+            return
         if kind == "inc":
-            metric.inc(value, tags=tags)
+            self._pending[key] = self._pending.get(key, 0) + value
+            if time.monotonic() - self._last_flush >= self.flush_interval_s:
+                self.flush()
         else:
             metric.observe(value, tags=tags)
+
+    def flush(self) -> None:
+        """Hands the counters' pending increments to Ray."""
+        self._last_flush = time.monotonic()
+        pending, self._pending = self._pending, {}
+        for (name, tags), value in pending.items():
+            self._ray[name].inc(value, tags=dict(tags))
+
+    async def flush_periodically(self) -> None:
+        """Flushes every ``flush_interval_s`` (a task for the app's lifetime):
+        what the last requests before a pause counted reaches Ray anyway."""
+        if not self._ray:
+            return
+        try:
+            while True:
+                await asyncio.sleep(self.flush_interval_s)
+                if self._pending:
+                    self.flush()
+        finally:
+            self.flush()
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         self._record("requests", "inc", 1, {"route": route, "method": method, "status": str(status)})

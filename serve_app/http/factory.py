@@ -15,6 +15,8 @@ handler, for errors of the first two middlewares themselves.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -49,11 +51,17 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with Resources.open(args, settings, metrics, llm_factory) as resources:
-            app.state.resources = resources
-            # Again, for routes added after create_app: none escapes its gate.
-            policy.apply(app, args)
-            yield
+        flusher = asyncio.create_task(metrics.flush_periodically())
+        try:
+            async with Resources.open(args, settings, metrics, llm_factory) as resources:
+                app.state.resources = resources
+                # Again, for routes added after create_app: none escapes its gate.
+                policy.apply(app, args)
+                yield
+        finally:
+            flusher.cancel()  # its last flush hands over what is pending
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
 
     app = FastAPI(
         title="Q&A service",
