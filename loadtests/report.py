@@ -38,6 +38,11 @@ def _g(d: Any, *keys: Any) -> Any:
     return d
 
 
+def _load(r: dict[str, Any] | None) -> str:
+    la = (r or {}).get("loadavg")
+    return f"{la[0]:.1f}" if la else "n/a"
+
+
 def _cpu(r: dict[str, Any] | None) -> str:
     if not r or not r.get("wall_s"):
         return "n/a"
@@ -62,7 +67,7 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
     serve_env = " ".join(f"{k}={v}" for k, v in (res.get("serve_mode") or {}).items())
     buckets = res.get("bench_buckets")
     if buckets:
-        raised = ", ".join(f"{k} {v['rate_per_s']:g}/s burst {v['burst']:g}" for k, v in buckets.items())
+        raised = ", ".join(f"{k} {v['rate_per_s']:,.0f}/s burst {v['burst']:,.0f}" for k, v in buckets.items())
         app_text = (f"the apps (uvicorn and Serve alike) run as users run them, API keys on the users routes and "
                     f"rate limits on; the load generator carries {res.get('api_keys')} API keys (one per client "
                     f"connection) and the buckets are raised above the benchmark's load ({raised}), so every "
@@ -162,9 +167,19 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
         u, s = _g(res, "users_uvicorn", c), _g(res, "users_serve", c)
         rows.append([c, fmt(_g(u, "rps"), 0), f"{fmt(_g(u, 'p50_ms'), 2)} / {fmt(_g(u, 'p99_ms'), 2)}",
                      fmt(_g(s, "rps"), 0), f"{fmt(_g(s, 'p50_ms'), 2)} / {fmt(_g(s, 'p99_ms'), 2)}",
-                     fmt(ratio(_g(s, "rps"), _g(u, "rps")), 2), f"{_cpu(u)} / {_cpu(s)}"])
+                     fmt(ratio(_g(s, "rps"), _g(u, "rps")), 2), f"{_cpu(u)} / {_cpu(s)}",
+                     f"{_load(u)} / {_load(s)}"])
     L.append(md_table(["clients", "uvicorn req/s", "uvicorn p50/p99 ms", "Serve req/s", "Serve p50/p99 ms",
-                       "Serve/uvicorn", "load generator CPU (uvicorn / Serve run)"], rows) + "\n")
+                       "Serve/uvicorn", "load generator CPU (uvicorn / Serve run)",
+                       "1-min load average after the run (uvicorn / Serve)"], rows) + "\n")
+    for label, key in (("uvicorn", "users_uvicorn"), ("Serve", "users_serve")):
+        top = _g(res, key, max(plan.get("users_levels") or [0]))
+        if top and top.get("reps_rps"):
+            loads = top.get("reps_loadavg") or [None] * len(top["reps_rps"])
+            L.append(f"{label} at {max(plan['users_levels'])} clients, each run: "
+                     + ", ".join(f"{fmt(r, 0)} req/s (load {la[0]:.1f})" if la else f"{fmt(r, 0)} req/s"
+                                 for r, la in zip(top["reps_rps"], loads, strict=True))
+                     + ".\n")
     modes = res.get("proxy_modes") or {}
     if modes:
         L.append("Proxy modes (users-only app, same database and cache; ratio against uvicorn at the same "
