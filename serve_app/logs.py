@@ -77,8 +77,15 @@ class ReplicaFileJsonHandler(logging.Handler):
     def for_serve_replica(cls) -> ReplicaFileJsonHandler | None:
         """Built on the ``ray.serve`` logger's file handler, or None when that
         logger has no file handler behind a ``MemoryHandler`` (not in a
-        Serve replica, or a Ray that sets its logging up otherwise)."""
-        for handler in logging.getLogger(SERVE_LOGGER).handlers:
+        Serve replica, or a Ray that sets its logging up otherwise) or has
+        other handlers too (Serve's default mode also copies every line to
+        the worker's stderr, ``RAY_SERVE_LOG_TO_STDERR``; its
+        throughput-optimized mode, the run command's, does not): then the
+        access line keeps Serve's chain, so no copy goes missing."""
+        handlers = logging.getLogger(SERVE_LOGGER).handlers
+        if len(handlers) != 1:
+            return None
+        for handler in handlers:
             target = getattr(handler, "target", None)
             if isinstance(handler, logging.handlers.MemoryHandler) and isinstance(
                 target, logging.handlers.RotatingFileHandler

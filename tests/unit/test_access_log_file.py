@@ -104,6 +104,19 @@ def test_the_file_rolls_over_as_serves_handler_would(serve_like) -> None:
     assert numbers == list(range(numbers[0], 40))  # nothing lost or reordered in what the two files hold
 
 
+def test_with_serves_stderr_copy_access_lines_keep_the_serve_handlers(serve_like) -> None:
+    """Serve's default mode (RAY_SERVE_LOG_TO_STDERR=1) adds a stream handler: every
+    line is also copied to the worker's stderr, and the access line must stay so."""
+    serve_like  # noqa: B018 (the fixture sets the Serve-like logger up)
+    stream = logging.StreamHandler()
+    serve = logging.getLogger(SERVE_LOGGER)
+    serve.handlers = [stream, *serve.handlers]
+    configure_logging("INFO", under_serve=True)
+    access = logging.getLogger(ACCESS_LOGGER)
+    assert access.handlers == [] and access.propagate
+    assert logging.getLogger("serve_app").handlers == serve.handlers
+
+
 def test_without_serves_file_handler_access_lines_keep_the_serve_handlers(tmp_path: Path) -> None:
     names = (SERVE_LOGGER, "serve_app", ACCESS_LOGGER)
     saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in names}
