@@ -82,10 +82,9 @@ class ReplicaFileJsonHandler(logging.Handler):
         the worker's stderr, ``RAY_SERVE_LOG_TO_STDERR``; its
         throughput-optimized mode, the run command's, does not): then the
         access line keeps Serve's chain, so no copy goes missing."""
-        handlers = logging.getLogger(SERVE_LOGGER).handlers
-        if len(handlers) != 1:
+        if _serve_logs_to_stderr():
             return None
-        for handler in handlers:
+        for handler in logging.getLogger(SERVE_LOGGER).handlers:
             target = getattr(handler, "target", None)
             if isinstance(handler, logging.handlers.MemoryHandler) and isinstance(
                 target, logging.handlers.RotatingFileHandler
@@ -145,6 +144,16 @@ class ReplicaFileJsonHandler(logging.Handler):
         if record.exc_info:
             out["exc_text"] = logging.Formatter().formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False, default=str) + "\n"
+
+
+def _serve_logs_to_stderr() -> bool:
+    """Whether Serve copies its replicas' lines to stderr (its own switch,
+    read as its logging setup reads it; unknown: assume it does)."""
+    try:
+        from ray.serve._private import constants
+    except ImportError:
+        return True
+    return bool(getattr(constants, "RAY_SERVE_LOG_TO_STDERR", True))
 
 
 def _serve_request_context_getter() -> Callable[[], Any]:

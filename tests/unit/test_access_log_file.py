@@ -35,9 +35,12 @@ def _drop_serve_access(record: logging.LogRecord) -> bool:  # Serve's filter wit
 
 
 @pytest.fixture
-def serve_like(tmp_path: Path):
+def serve_like(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A ``ray.serve`` logger set up as Serve 2.60 sets a replica's (MemoryHandler
     of capacity 1 before a RotatingFileHandler), restored afterwards with ours."""
+    # As in the run command's mode (throughput-optimized): no copy of each line to
+    # stderr. First: importing ray.serve sets its logger's default handlers up.
+    monkeypatch.setattr("ray.serve._private.constants.RAY_SERVE_LOG_TO_STDERR", False)
     names = (SERVE_LOGGER, "serve_app", ACCESS_LOGGER)
     saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate, logging.getLogger(n).level)
              for n in names}
@@ -104,10 +107,11 @@ def test_the_file_rolls_over_as_serves_handler_would(serve_like) -> None:
     assert numbers == list(range(numbers[0], 40))  # nothing lost or reordered in what the two files hold
 
 
-def test_with_serves_stderr_copy_access_lines_keep_the_serve_handlers(serve_like) -> None:
+def test_with_serves_stderr_copy_access_lines_keep_the_serve_handlers(serve_like, monkeypatch) -> None:
     """Serve's default mode (RAY_SERVE_LOG_TO_STDERR=1) adds a stream handler: every
     line is also copied to the worker's stderr, and the access line must stay so."""
     serve_like  # noqa: B018 (the fixture sets the Serve-like logger up)
+    monkeypatch.setattr("ray.serve._private.constants.RAY_SERVE_LOG_TO_STDERR", True)
     stream = logging.StreamHandler()
     serve = logging.getLogger(SERVE_LOGGER)
     serve.handlers = [stream, *serve.handlers]
