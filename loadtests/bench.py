@@ -755,13 +755,22 @@ class Bench:
 
 
 def engine_candidates(pool: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
-    """serve_config.yaml's CPU pool first, then one change at a time: no core
-    kept for the rest of the node, and a bigger batch."""
+    """serve_config.yaml's CPU pool first, then one change at a time: the
+    other choice of reserved core, the other choice of engine priority, and
+    a bigger batch."""
+    from serve_app.pool_server import PRIORITY_ENV, RESERVED_ENV
+
     kw, env = dict(pool["engine_kwargs"]), dict(pool["env"])
+    reserved = int(env.get(RESERVED_ENV, "0") or 0)
+    priority = env.get(PRIORITY_ENV, "normal") or "normal"
     return [
         (SHIPPED_ENGINE, kw, env),
-        ("no core reserved (VLLM_CPU_NUM_OF_RESERVED_CPU 0: OpenMP threads on every core)", kw,
-         {**env, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}),
+        ("one core reserved (VLLM_CPU_NUM_OF_RESERVED_CPU 1)" if reserved == 0 else
+         "no core reserved (VLLM_CPU_NUM_OF_RESERVED_CPU 0: OpenMP threads on every core)", kw,
+         {**env, RESERVED_ENV: "1" if reserved == 0 else "0"}),
+        ("engine at normal priority (QA_ENGINE_PRIORITY normal)" if priority != "normal" else
+         "engine at idle priority (QA_ENGINE_PRIORITY idle)", kw,
+         {**env, PRIORITY_ENV: "normal" if priority != "normal" else "idle"}),
         ("max_num_seqs 64, max_num_batched_tokens 4096", {**kw, "max_num_seqs": 64, "max_num_batched_tokens": 4096},
          env),
     ]
@@ -863,6 +872,9 @@ def main() -> int:
                     help="comma list of phases to skip: uvicorn,serve,direct,peer,proxy,autoscaling; with serve "
                          "skipped, the users path is measured on a users-only app in the run command's mode "
                          "(skip that too with users)")
+    ap.add_argument("--autoscaling", action="store_true",
+                    help="also run issue 15's autoscaling scenario (~8 min; `make test-autoscaling` and "
+                         "`python loadtests/autoscaling.py` run it on their own)")
     ap.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra env for the CPU pool's engine, in Serve and direct alike (repeatable)")
     ns = ap.parse_args()
@@ -910,7 +922,7 @@ def main() -> int:
                  "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}, env_vars))
             bench.step("phase throughput-optimized", lambda: bench.proxy_mode_phase(
                 "throughput-optimized, no HAProxy", {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, env_vars))
-        if "autoscaling" not in skip and not ns.quick:
+        if ns.autoscaling and "autoscaling" not in skip and not ns.quick:
             # Issue 15 (~8 min): its own cluster, JSON and PNG (loadtests/autoscaling.py).
             bench.step("phase autoscaling", lambda: autoscaling_phase(bench.res, out))
     finally:

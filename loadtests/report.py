@@ -173,12 +173,12 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
                        "Serve/uvicorn", "load generator CPU (uvicorn / Serve run)",
                        "1-min load average after the run (uvicorn / Serve)"], rows) + "\n")
     for label, key in (("uvicorn", "users_uvicorn"), ("Serve", "users_serve")):
-        top = _g(res, key, max(plan.get("users_levels") or [0]))
-        if top and top.get("reps_rps"):
-            loads = top.get("reps_loadavg") or [None] * len(top["reps_rps"])
+        top_users = _g(res, key, max(plan.get("users_levels") or [0]))
+        if top_users and top_users.get("reps_rps"):
+            loads = top_users.get("reps_loadavg") or [None] * len(top_users["reps_rps"])
             L.append(f"{label} at {max(plan['users_levels'])} clients, each run: "
                      + ", ".join(f"{fmt(r, 0)} req/s (load {la[0]:.1f})" if la else f"{fmt(r, 0)} req/s"
-                                 for r, la in zip(top["reps_rps"], loads, strict=True))
+                                 for r, la in zip(top_users["reps_rps"], loads, strict=True))
                      + ".\n")
     modes = res.get("proxy_modes") or {}
     if modes:

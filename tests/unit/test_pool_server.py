@@ -164,3 +164,54 @@ async def test_a_caller_that_goes_away_closes_the_engine_stream() -> None:
     await out.aclose()
     # The reader task is cancelled; its cancellation closes the engine stream.
     await asyncio.wait_for(engine.closed.wait(), 5)
+
+
+@pytest.fixture
+def replica_with_engine():
+    """A parent standing in for the pool replica, with one child standing in
+    for the engine; the parent says "ready" once the child exists."""
+    import psutil
+
+    script = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              "print('ready', flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "ready"
+        proc = psutil.Process(parent.pid)
+        kids = proc.children(recursive=True)
+        assert len(kids) == 1, kids
+        yield proc, kids[0]
+    finally:
+        for p in psutil.Process(parent.pid).children(recursive=True):
+            p.kill()
+        parent.kill()
+
+
+def test_a_niceness_lowers_every_forked_process_only(replica_with_engine) -> None:
+    import psutil
+
+    from serve_app.pool_server import lower_engine_priority
+
+    replica, engine = replica_with_engine
+    assert lower_engine_priority("7", root=replica) == {engine.pid: "nice 7"}
+    assert engine.nice() == 7
+    assert replica.nice() == psutil.Process().nice()  # the replica itself keeps its priority
+    # Never raised back (that would need privilege and undo an operator's choice).
+    assert lower_engine_priority("3", root=replica) == {engine.pid: "nice 7"}
+    assert lower_engine_priority("normal", root=replica) == {}
+    with pytest.raises(ValueError):
+        lower_engine_priority("0", root=replica)
+
+
+def test_idle_priority_puts_the_engine_in_sched_idle(replica_with_engine) -> None:
+    from serve_app.pool_server import lower_engine_priority
+
+    replica, engine = replica_with_engine
+    assert lower_engine_priority("idle", root=replica) == {engine.pid: "idle"}
+    assert os.sched_getscheduler(engine.pid) == os.SCHED_IDLE
+    assert os.sched_getscheduler(replica.pid) == os.SCHED_OTHER
+
+
+def test_the_shipped_cpu_pool_runs_its_engine_at_idle_priority() -> None:
+    _, pool = _cpu_pool()
+    assert pool.env["QA_ENGINE_PRIORITY"] == "idle"
