@@ -210,8 +210,3 @@ def test_idle_priority_puts_the_engine_in_sched_idle(replica_with_engine) -> Non
     assert lower_engine_priority("idle", root=replica) == {engine.pid: "idle"}
     assert os.sched_getscheduler(engine.pid) == os.SCHED_IDLE
     assert os.sched_getscheduler(replica.pid) == os.SCHED_OTHER
-
-
-def test_the_shipped_cpu_pool_runs_its_engine_at_idle_priority() -> None:
-    _, pool = _cpu_pool()
-    assert pool.env["QA_ENGINE_PRIORITY"] == "idle"
