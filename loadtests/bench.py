@@ -222,13 +222,18 @@ def first_answering(urls: list[str], path: str) -> str | None:
 
 
 class Uvicorn:
-    def __init__(self, env: dict[str, str], cache_enabled: bool = True) -> None:
+    def __init__(self, env: dict[str, str], cache_enabled: bool = True, full_app: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        # The args Serve gets (API keys and rate limits on), the model left out.
-        args = args_from_serve_config(llm=None)
-        args["cache"]["enabled"] = cache_enabled
-        self.env = {**os.environ, **env, "LOADTEST_APP_ARGS": json.dumps(args)}
+        self.env = {**os.environ, **env, "LOADTEST_CACHE_ENABLED": "1" if cache_enabled else "0"}
+        if full_app:
+            # The args Serve gets (API keys and rate limits on), the model left out.
+            args = args_from_serve_config(llm=None)
+            args["cache"]["enabled"] = cache_enabled
+            self.env["LOADTEST_APP_ARGS"] = json.dumps(args)
+        else:
+            # uvicorn_app.py's open stack (no keys, no limits): the locust smoke test's.
+            self.env.pop("LOADTEST_APP_ARGS", None)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Uvicorn:
