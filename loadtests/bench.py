@@ -151,8 +151,11 @@ def app_args() -> dict[str, Any]:
     return args
 
 
-def cpu_pool() -> dict[str, Any]:
-    return next(p for m in app_args()["llm"]["models"] for p in m["pools"] if p["name"] == "cpu")
+def cpu_pool(args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The CPU pool's entry in ``args`` (the benchmark's app args by default); a dict of those args, so
+    changing it changes them."""
+    args = app_args() if args is None else args
+    return next(p for m in args["llm"]["models"] for p in m["pools"] if p["name"] == "cpu")
 
 
 def model_path() -> str:
@@ -618,8 +621,7 @@ class Bench:
         out = []
         for name, kwargs, env in engine_candidates(cpu_pool()):
             cfg = copy.deepcopy(config)
-            pool = next(x for m in cfg["applications"][0]["args"]["llm"]["models"] for x in m["pools"]
-                        if x["name"] == "cpu")
+            pool = cpu_pool(cfg["applications"][0]["args"])
             pool["engine_kwargs"], pool["env"] = kwargs, env
             row: dict[str, Any] = {"name": name, "engine_kwargs": kwargs, "env": env}
             try:
