@@ -35,7 +35,15 @@ class _Repository:
         try:
             async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn:
                 self.queries += 1
-                yield conn
+                try:
+                    yield conn
+                except UNAVAILABLE_ERRORS:
+                    # Dropped here rather than released: asyncpg's release would
+                    # first wait (up to the acquire timeout, on this request) for
+                    # the cancel of a timed-out query, which a hung server never
+                    # confirms. The pool opens a fresh connection when needed.
+                    conn.terminate()
+                    raise
         except UNAVAILABLE_ERRORS as exc:
             self._metrics.dependency_error("postgres")
             raise DependencyUnavailable("database unavailable") from exc

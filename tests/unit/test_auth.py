@@ -64,6 +64,44 @@ async def test_verified_keys_are_remembered_and_survive_an_outage() -> None:
         await verifier.verify(_parsed(auth.new_key()[1]))
 
 
+async def test_a_hung_refresh_of_a_known_key_does_not_hold_the_request() -> None:
+    """A database that hangs costs a known key at most ``refresh_wait_s``; the
+    lookup still finishes on its own and updates the key (here: revoked)."""
+    repo = _Repo()
+    key = _stored(repo)
+    verifier = auth.KeyVerifier(repo, ttl_s=0, metrics=AppMetrics(), refresh_wait_s=0.05)  # type: ignore[arg-type]
+    key_id = await verifier.verify(_parsed(key))
+    repo.gate = asyncio.Event()  # every lookup from now on hangs until the gate opens
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert await verifier.verify(_parsed(key)) == key_id
+    assert loop.time() - t0 < 1.0  # the 0.05 s wait, never the hung lookup
+    lookups = repo.lookups
+    # Callers arriving meanwhile join the one hung lookup instead of starting more.
+    assert await verifier.verify(_parsed(key)) == key_id
+    assert repo.lookups == lookups
+    flight = verifier._lookups.get(key_id)  # noqa: SLF001
+    assert flight is not None and flight.waiters == 0
+    repo.rows[key_id]["revoked_at"] = "now"
+    repo.gate.set()
+    # The lookup nobody waits for any more still lands: the revocation applies.
+    assert await flight.task is None
+    assert key_id not in verifier._valid  # noqa: SLF001
+    repo.gate = None
+    with pytest.raises(Unauthorized):
+        await verifier.verify(_parsed(key))
+
+
+async def test_a_revoked_key_fails_on_its_next_request_when_the_database_answers() -> None:
+    repo = _Repo()
+    key = _stored(repo)
+    verifier = auth.KeyVerifier(repo, ttl_s=0, metrics=AppMetrics())  # type: ignore[arg-type]
+    key_id = await verifier.verify(_parsed(key))
+    repo.rows[key_id]["revoked_at"] = "now"
+    with pytest.raises(Unauthorized):
+        await verifier.verify(_parsed(key))
+
+
 async def test_lookups_are_cached_for_the_ttl() -> None:
     repo = _Repo()
     key = _stored(repo)
