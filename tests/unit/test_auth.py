@@ -80,13 +80,13 @@ async def test_a_hung_refresh_of_a_known_key_does_not_hold_the_request() -> None
     # Callers arriving meanwhile join the one hung lookup instead of starting more.
     assert await verifier.verify(_parsed(key)) == key_id
     assert repo.lookups == lookups
-    flight = verifier._lookups.get(key_id)  # noqa: SLF001
+    flight = verifier._lookups.get(key_id)
     assert flight is not None and flight.waiters == 0
     repo.rows[key_id]["revoked_at"] = "now"
     repo.gate.set()
     # The lookup nobody waits for any more still lands: the revocation applies.
     assert await flight.task is None
-    assert key_id not in verifier._valid  # noqa: SLF001
+    assert key_id not in verifier._valid
     repo.gate = None
     with pytest.raises(Unauthorized):
         await verifier.verify(_parsed(key))
