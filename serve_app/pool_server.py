@@ -139,11 +139,21 @@ def apply_node_cpu_env() -> None:
         os.environ[BIND_ENV] = resolved[BIND_ENV]
 
 
+def _niceness(priority: str) -> int | None:
+    """A lowered priority's niceness; None for ``idle``."""
+    if priority == "idle":
+        return None
+    if not priority.isdigit() or not 1 <= int(priority) <= 19:
+        raise ValueError(f"{PRIORITY_ENV} must be normal, idle or a niceness 1-19, not {priority!r}")
+    return int(priority)
+
+
 def lower_engine_priority(priority: str, root: Any = None) -> dict[int, str]:
     """Lowers the CPU priority of the engine's processes (every process this
-    replica forked: the engine core and its workers) to ``priority``:
-    ``idle`` (Linux SCHED_IDLE: they run on the cycles nothing else wants) or
-    a niceness 1-19; ``normal`` leaves them alone. Returns pid -> what was set.
+    replica forked: the engine core and its workers), every thread of each, to
+    ``priority``: ``idle`` (Linux SCHED_IDLE: they run on the cycles nothing
+    else wants) or a niceness 1-19; ``normal`` leaves them alone. Returns
+    pid -> what was set.
 
     The engine is batch work that takes every cycle it gets; the request
     path (the ingress, HAProxy, this replica's own frontend) is latency
@@ -151,28 +161,68 @@ def lower_engine_priority(priority: str, root: Any = None) -> dict[int, str]:
     the moment it is runnable and the engine keeps whatever is left; the
     benchmark measures the users path's p99 with the engine saturated
     (loadtests/results/report.md). Lowering priority needs no privilege; a
-    process already nicer is left alone."""
+    thread already nicer is left alone.
+
+    Per thread, because Linux schedules threads: a policy or niceness set
+    on a process's pid applies to its main thread only, and its OpenMP
+    threads (created by then) would keep running at normal priority."""
     import psutil
 
     if priority == "normal":
         return {}
-    nice = None if priority == "idle" else int(priority)
-    if nice is not None and not 1 <= nice <= 19:
-        raise ValueError(f"{PRIORITY_ENV} must be normal, idle or a niceness 1-19, not {priority!r}")
+    nice = _niceness(priority)
     root = psutil.Process() if root is None else root
     done: dict[int, str] = {}
     for child in root.children(recursive=True):
         try:
-            if nice is None:
-                os.sched_setscheduler(child.pid, os.SCHED_IDLE, os.sched_param(0))
-                done[child.pid] = "idle"
-            else:
-                if child.nice() < nice:
-                    child.nice(nice)
-                done[child.pid] = f"nice {child.nice()}"
+            for thread in child.threads():
+                if nice is None:
+                    if os.sched_getscheduler(thread.id) != os.SCHED_IDLE:
+                        os.sched_setscheduler(thread.id, os.SCHED_IDLE, os.sched_param(0))
+                elif os.getpriority(os.PRIO_PROCESS, thread.id) < nice:
+                    os.setpriority(os.PRIO_PROCESS, thread.id, nice)
+            done[child.pid] = "idle" if nice is None else f"nice {os.getpriority(os.PRIO_PROCESS, child.pid)}"
         except (psutil.NoSuchProcess, psutil.AccessDenied, PermissionError, ProcessLookupError) as exc:
             log.warning("could not lower the priority of engine process %s: %s", child.pid, exc)
     return done
+
+
+class EnginePriority:
+    """Holds the engine at ``priority`` from the moment its processes appear.
+
+    Lowering it only once the engine is ready left a starting engine at
+    normal priority for its whole start (60-100 s on 2 cores); where several
+    engines share cores (Ray's fake nodes on one machine, two pools on one
+    node), that starting engine took the cores from the running idle-priority
+    ones and their questions passed the deadline (47 504s in the autoscaling
+    tier, 2026-11-30). So a thread lowers whatever this replica has forked
+    every ``every_s`` while the engine starts; processes and threads forked
+    later by lowered ones inherit the priority."""
+
+    def __init__(self, priority: str, every_s: float = 0.1) -> None:
+        import threading
+
+        if priority != "normal":
+            _niceness(priority)  # a bad value fails the replica before the engine starts
+        self.priority = priority
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-priority", daemon=True)
+
+    def __enter__(self) -> EnginePriority:
+        if self.priority != "normal":
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.priority != "normal":
+            self._stop.set()
+            self._thread.join()
+            log.info("engine processes at %s priority: %s", self.priority, lower_engine_priority(self.priority))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every_s):
+            lower_engine_priority(self.priority)
 
 
 # -- the replica ----------------------------------------------------------------------------------
@@ -216,11 +266,8 @@ class PoolServer:
         _mark("engine_start")
         from serve_app.logs import serve_log_handlers_kept
 
-        with serve_log_handlers_kept():
+        with serve_log_handlers_kept(), EnginePriority(os.environ.get(PRIORITY_ENV, "normal") or "normal"):
             await self._server.start()
-        priority = os.environ.get(PRIORITY_ENV, "normal") or "normal"
-        if priority != "normal":
-            log.info("engine processes at %s priority: %s", priority, lower_engine_priority(priority))
         _mark("engine_ready")
 
     async def check_health(self) -> None:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,8 +173,12 @@ def replica_with_engine():
     for the engine; the parent says "ready" once the child exists."""
     import psutil
 
-    script = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+    # The engine stand-in has a second thread, as the engine has OpenMP threads.
+    engine = ("import threading, time; threading.Thread(target=time.sleep, args=(60,), daemon=True).start(); "
               "print('ready', flush=True); time.sleep(60)")
+    script = ("import subprocess, sys, time; "
+              f"e = subprocess.Popen([sys.executable, '-c', {engine!r}], stdout=subprocess.PIPE, text=True); "
+              "e.stdout.readline(); print('ready', flush=True); time.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None and parent.stdout.readline().strip() == "ready"
@@ -208,5 +213,29 @@ def test_idle_priority_puts_the_engine_in_sched_idle(replica_with_engine) -> Non
 
     replica, engine = replica_with_engine
     assert lower_engine_priority("idle", root=replica) == {engine.pid: "idle"}
-    assert os.sched_getscheduler(engine.pid) == os.SCHED_IDLE
+    threads = [t.id for t in engine.threads()]
+    assert len(threads) == 2
+    assert all(os.sched_getscheduler(tid) == os.SCHED_IDLE for tid in threads)
     assert os.sched_getscheduler(replica.pid) == os.SCHED_OTHER
+
+
+def test_engine_priority_lowers_an_engine_forked_while_it_starts() -> None:
+    """The engine is forked after the replica enters ``EnginePriority``; it
+    runs at idle priority before the replica's start finishes."""
+    import psutil
+
+    from serve_app.pool_server import EnginePriority
+
+    with pytest.raises(ValueError):
+        EnginePriority("0")
+    with EnginePriority("idle", every_s=0.01):
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            while os.sched_getscheduler(child.pid) != os.SCHED_IDLE:
+                assert time.monotonic() < deadline, "the starting engine was never lowered"
+                time.sleep(0.01)
+            assert os.sched_getscheduler(psutil.Process().pid) == os.SCHED_OTHER
+        finally:
+            child.kill()
+            child.wait()
