@@ -8,6 +8,7 @@ started, or to a child of it.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -144,6 +146,18 @@ class ThrowawayPostgres:
     def destroy(self) -> None:
         self.stop("fast")
         shutil.rmtree(self.root, ignore_errors=True)
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, host_auth: str = "trust") -> Iterator[ThrowawayPostgres]:
+        """A started cluster for a test's own use, destroyed afterwards."""
+        pg = cls(host_auth)
+        pg.init()
+        pg.start()
+        try:
+            yield pg
+        finally:
+            pg.destroy()
 
 
 class ThrowawayRedis:

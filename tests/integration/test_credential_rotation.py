@@ -99,13 +99,8 @@ def _streaks(log: list[Entry], since: float) -> list[int]:
 
 @pytest.fixture
 def scram_postgres():
-    pg = ThrowawayPostgres(host_auth="scram-sha-256")
-    pg.init()
-    pg.start()
-    try:
+    with ThrowawayPostgres.running(host_auth="scram-sha-256") as pg:
         yield pg
-    finally:
-        pg.destroy()
 
 
 async def _admin(pg: ThrowawayPostgres, *sql: str) -> None:

@@ -33,13 +33,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def hangable_pg() -> AsyncIterator[ThrowawayPostgres]:
-    pg = ThrowawayPostgres()
-    pg.init()
-    pg.start()
-    try:
+    with ThrowawayPostgres.running() as pg:
         yield pg
-    finally:
-        pg.destroy()
 
 
 async def test_users_request_under_hung_postgres_costs_one_database_timeout(hangable_pg: ThrowawayPostgres) -> None:
