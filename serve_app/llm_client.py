@@ -370,13 +370,24 @@ _DEATH_CONFIRM_S = 15.0
 
 def serve_running_counts(app_name: str | None) -> dict[str, int]:
     """RUNNING replicas per deployment of the app, from the Serve controller
-    (the handle does not expose it). Called once per refresh interval."""
-    from ray import serve
+    (the handle does not expose it). Called once per refresh interval.
 
-    app = serve.status().applications.get(app_name) if app_name else None
+    Reads the controller's JSON-able details (what ``serve.status()`` fetches)
+    without rebuilding them as pydantic models: that rebuild cloudpickles each
+    deployment's request router class (Ray 2.60.0, ray/serve/api.py ``status``
+    -> ``ServeInstanceDetails(**...)`` -> ray/serve/config.py
+    ``RequestRouterConfig.__init__``) and was most of an idle ingress's CPU,
+    taken every second from the engine sharing the node (py-spy, 2026-11-30)."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None or not app_name:
+        return {}
+    app = (client.get_serve_details().get("applications") or {}).get(app_name)
     if app is None:
         return {}
-    return {name: int(d.replica_states.get("RUNNING", 0)) for name, d in app.deployments.items()}
+    return {name: sum(1 for r in d.get("replicas") or [] if r.get("state") == "RUNNING")
+            for name, d in (app.get("deployments") or {}).items()}
 
 
 def _is_error(item: Any) -> bool:
