@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from devtools.local_ray import THROUGHPUT_MODE_ENV, cluster_processes  # noqa: E402
+from devtools.local_ray import CONTROLLER_ENV, THROUGHPUT_MODE_ENV, cluster_processes  # noqa: E402
 from loadtests import bench_report as R  # noqa: E402
 from loadtests.bench_vllm import VllmServer, best_cpu_env, run_client  # noqa: E402
 from loadtests.coldstart import cold_start, fmt_breakdown, second_replica  # noqa: E402
@@ -507,7 +507,7 @@ class Bench:
         p = self.plan
         # The run command's cluster: throughput-optimized + HAProxy (LocalRay's default).
         cluster = LocalRay(extra_env={"PYTHONPATH": str(REPO)})
-        self.res["serve_mode"] = {k: v for k, v in cluster.env.items() if k in THROUGHPUT_MODE_ENV}
+        self.res["serve_mode"] = serve_mode(cluster)
         try:
             t = time.monotonic()
             cluster.start()
@@ -615,7 +615,8 @@ class Bench:
         `/question` at 32 concurrent and the users path's isolation are
         measured on it, one after the other in this run. The winner is the
         fastest whose users p99 under a saturated engine stays <= 2x its idle
-        p99; serve_config.yaml ships it (the report says if it does not)."""
+        p99, by its median over ``plan.reps`` samples; serve_config.yaml ships
+        it, or a setting within the run's noise of it (the report says which)."""
         p = self.plan
         top = max(p.llm_levels)
         out = []
@@ -628,12 +629,17 @@ class Bench:
                 row["deploy_s"] = deploy_all(cluster, cfg, 600)
                 url = cluster.url
                 asyncio.run(ask_load(url, p, 4, 8))  # warm, as the serve phase
-                row["llm"] = llm_summary(asyncio.run(ask_load(url, p, top, p.llm_requests[top])))
+                # Repeated (p.reps): one sample each left a 2.6 % lead to decide the
+                # winner (2026-11-30), within the run-to-run spread; the report keeps the
+                # shipped setting unless a candidate's slowest sample beats its fastest.
+                reps = [llm_summary(asyncio.run(ask_load(url, p, top, p.llm_requests[top]))) for _ in range(p.reps)]
+                row["llm_reps"] = reps
+                row["llm"] = sorted(reps, key=lambda r: r.get("tokens_per_s") or 0)[len(reps) // 2]
                 # What one user waits for the first token on this candidate (reported, not a criterion).
                 row["ttft_1"] = llm_summary(asyncio.run(ask_load(url, p, 1, p.ttft_requests[1], stream=True,
                                                                  max_tokens=p.ttft_max_tokens)))
                 row["isolation"] = self.isolation(url, ids)
-                say(f"  {name}: {R.fmt(row['llm']['tokens_per_s'])} tok/s @{top}, users p99 ratio "
+                say(f"  {name}: {[R.fmt(r.get('tokens_per_s')) for r in reps]} tok/s @{top}, users p99 ratio "
                     f"{R.fmt(row['isolation']['p99_ratio'], 2)}")
             except Exception as exc:  # one candidate failing must not hide the others
                 row["error"] = f"{type(exc).__name__}: {exc}"
@@ -648,7 +654,7 @@ class Bench:
         path in the run command's mode (throughput-optimized + HAProxy)."""
         p = self.plan
         cluster = LocalRay(extra_env={"PYTHONPATH": str(REPO)})
-        self.res["serve_mode"] = {k: v for k, v in cluster.env.items() if k in THROUGHPUT_MODE_ENV}
+        self.res["serve_mode"] = serve_mode(cluster)
         self.res["users_serve_app"] = "users-only (args llm=None)"
         try:
             cluster.start()
@@ -759,6 +765,11 @@ class Bench:
             self.res["ttft_vllm_server"] = {str(c): self.step(f"ttft vLLM server c={c}", lambda c=c: ttft_reps(
                 lambda: asyncio.run(openai_stream_ttft(server.url, model_id, c, p.ttft_requests[c],
                                                        p.ttft_max_tokens)), p.reps)) for c in p.ttft_levels}
+
+
+def serve_mode(cluster: LocalRay) -> dict[str, str]:
+    """The cluster's Serve environment the report shows: the run command's mode and the controller's period."""
+    return {k: v for k, v in cluster.env.items() if k in THROUGHPUT_MODE_ENV or k in CONTROLLER_ENV}
 
 
 def engine_candidates(pool: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, str]]]:

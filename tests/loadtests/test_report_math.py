@@ -142,6 +142,30 @@ def test_an_engine_winner_that_is_not_shipped_is_a_miss() -> None:
     assert "**serve_config.yaml does not ship the winner** (bigger batch)" in md
 
 
+def test_an_engine_lead_within_the_repeats_spread_keeps_the_shipped_setting() -> None:
+    from loadtests.report import engine_verdict, engine_winner, write_report
+
+    res = _results()
+    shipped, batch = res["engine_settings"][0], res["engine_settings"][2]
+    shipped["llm_reps"] = [{"tokens_per_s": v} for v in (196.0, 200.0, 206.0)]
+    # faster by median, but its slowest sample (204) is below shipped's fastest (206)
+    batch["llm_reps"] = [{"tokens_per_s": v} for v in (204.0, 207.0, 212.0)]
+    assert engine_winner(res["engine_settings"]) is batch
+    verdict, said = engine_verdict(res["engine_settings"])
+    assert verdict == "PASS" and said.startswith("bigger batch by median (207.0 vs 200.0 tok/s)")
+    md = write_report(res, [])
+    assert "within the spread: the shipped setting stands | serve_config.yaml ships it | PASS |" in md
+    assert "a tie, and the shipped setting stands" in md
+    assert "| 200.0 (196.0-206.0, n=3) |" in md
+    # beyond the spread: every sample of the candidate beats every sample of shipped
+    batch["llm_reps"] = [{"tokens_per_s": v} for v in (207.0, 209.0, 212.0)]
+    assert engine_verdict(res["engine_settings"]) == ("MISS", "bigger batch")
+    # a shipped setting that fails the users path's bound cannot tie
+    batch["llm_reps"] = [{"tokens_per_s": v} for v in (204.0, 207.0, 212.0)]
+    shipped["isolation"]["p99_ratio"] = 2.5
+    assert engine_verdict(res["engine_settings"]) == ("MISS", "bigger batch")
+
+
 def test_goal_rows_are_found_by_the_script() -> None:
     from loadtests.goals import goal_rows, required_rows
     from loadtests.report import write_report
