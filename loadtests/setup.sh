@@ -7,6 +7,15 @@ VENV=${LOAD_VENV:-.venv-load}
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 REQ=loadtests/requirements.txt
+# wrk (Debian's C load generator): bench.py's users-path load with ~7 % of a
+# core, where its aiohttp fallback took 30-48 % of the 2 cores the servers
+# share (loadtests/results/report.md). Best effort: without it bench.py uses
+# aiohttp and its report names the generator.
+if ! command -v wrk >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends wrk \
+      >/dev/null; } || echo "[loadtests] could not install wrk: bench.py will use its aiohttp load generator" >&2
+fi
 STAMP="$VENV/.requirements.sha256"
 want=$(sha256sum "$REQ" | cut -d' ' -f1)
 if [ -x "$VENV/bin/locust" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
@@ -17,5 +26,3 @@ fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQ"
 echo "$want" > "$STAMP"
 echo "[loadtests] $VENV ready: $("$VENV/bin/locust" --version | head -1)"
-# wrk (C load generator) is used by bench.py when present; optional.
-command -v wrk >/dev/null || echo "[loadtests] optional: apt-get install -y wrk (lighter load generator for bench.py)"
