@@ -157,6 +157,12 @@ def test_an_engine_lead_within_the_repeats_spread_keeps_the_shipped_setting() ->
     assert "within the spread: the shipped setting stands | serve_config.yaml ships it | PASS |" in md
     assert "a tie, and the shipped setting stands" in md
     assert "| 200.0 (196.0-206.0, n=3) |" in md
+    # the shipped setting's second measurement, after the others, widens its spread
+    batch["llm_reps"] = [{"tokens_per_s": v} for v in (207.0, 209.0, 212.0)]
+    shipped["llm_reps_after"] = [{"tokens_per_s": v} for v in (201.0, 208.0, 210.0)]
+    assert engine_verdict(res["engine_settings"])[0] == "PASS"
+    assert "| 203.5 (196.0-210.0, n=6) |" in write_report(res, [])
+    del shipped["llm_reps_after"]
     # beyond the spread: every sample of the candidate beats every sample of shipped
     batch["llm_reps"] = [{"tokens_per_s": v} for v in (207.0, 209.0, 212.0)]
     assert engine_verdict(res["engine_settings"]) == ("MISS", "bigger batch")
