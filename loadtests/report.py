@@ -294,7 +294,9 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
                  f"the same way: `/question` at {top} concurrent (no-cache) and the users path's isolation. The "
                  "winner is the fastest (median) whose users p99 under a saturated engine stays <= 2x its idle p99. "
                  "The shipped setting is measured first and again after the others (its samples span the run's "
-                 "drift); it stands unless the winner's slowest sample beats its fastest.\n")
+                 "drift); it stands unless the winner's slowest sample beats its fastest. A candidate stops "
+                 "being sampled once one of its samples is no faster than the shipped setting's fastest: it can no "
+                 "longer displace it (hence n below the repeats).\n")
         win = engine_winner(es)
         rows = []
         for row in es:
@@ -374,6 +376,18 @@ def engine_verdict(rows: list[dict[str, Any]]) -> tuple[str, str]:
         return "PASS", (f"{win['name']} by median ({fmt(best['median'], 1)} vs {fmt(shipped['median'], 1)} tok/s), "
                         f"within the spread: the shipped setting stands")
     return "MISS", win["name"]
+
+
+def shipped_bar(rows: list[dict[str, Any]]) -> float | None:
+    """What each sample of a candidate must beat for it to displace the shipped
+    setting (``rows[0]``) under ``engine_verdict``: the shipped setting's
+    fastest sample so far (later samples only raise it). None while there is no
+    shipped row, or when it misses the isolation goal: then the winner is
+    decided on medians alone and every candidate needs all its samples."""
+    if not rows or (_g(rows[0], "isolation", "p99_ratio") or 99) > 2:
+        return None
+    shipped = _tok_s(rows[0])
+    return shipped["max"] if shipped else None
 
 
 def key_ratios(res: dict[str, Any]) -> dict[str, Any]:

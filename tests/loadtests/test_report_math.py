@@ -172,6 +172,29 @@ def test_an_engine_lead_within_the_repeats_spread_keeps_the_shipped_setting() ->
     assert engine_verdict(res["engine_settings"]) == ("MISS", "bigger batch")
 
 
+def test_a_candidate_sample_at_or_below_the_shipped_bar_cannot_displace_it() -> None:
+    """The bench stops sampling a candidate once one of its samples is at or
+    below ``shipped_bar``: whatever its other samples would have been, the
+    verdict is the same (the shipped setting stands)."""
+    from loadtests.report import engine_verdict, shipped_bar
+
+    res = _results()
+    shipped, batch = res["engine_settings"][0], res["engine_settings"][2]
+    assert shipped_bar([]) is None
+    shipped["llm_reps"] = [{"tokens_per_s": v} for v in (196.0, 200.0, 206.0)]
+    bar = shipped_bar(res["engine_settings"])
+    assert bar == 206.0
+    for rest in [(), (300.0,), (300.0, 400.0)]:
+        batch["llm_reps"] = [{"tokens_per_s": bar}] + [{"tokens_per_s": v} for v in rest]
+        assert engine_verdict(res["engine_settings"])[0] == "PASS", rest
+    # later shipped samples only raise the bar, so the early stop stays sound
+    shipped["llm_reps_after"] = [{"tokens_per_s": 190.0}, {"tokens_per_s": 210.0}]
+    assert shipped_bar(res["engine_settings"]) == 210.0
+    # a shipped setting that misses the users path's bound sets no bar
+    shipped["isolation"]["p99_ratio"] = 2.5
+    assert shipped_bar(res["engine_settings"]) is None
+
+
 def test_goal_rows_are_found_by_the_script() -> None:
     from loadtests.goals import goal_rows, required_rows
     from loadtests.report import write_report
