@@ -692,7 +692,12 @@ class Bench:
             say(f"stopped Ray head on :{cluster.gcs_port} ({cluster.stop()} processes)")
 
     # 3. proxy modes on a users-only app ------------------------------------------------------------
-    def proxy_mode_phase(self, name: str, ray_env: dict[str, str], env_vars: dict[str, str]) -> None:
+    def proxy_mode_phase(self, name: str, ray_env: dict[str, str], env_vars: dict[str, str],
+                         engine_beside: bool = False) -> None:
+        """``engine_beside``: also the direct engine's streaming TTFT while this
+        cluster idles beside it (Serve's controller, proxies and the ingress
+        running, no engine): what the cluster's mere presence costs an engine
+        sharing its cores, the floor under the SSE row's added TTFT."""
         p = self.plan
         # The mode under test is exactly ray_env, not LocalRay's default.
         cluster = LocalRay(extra_env={"PYTHONPATH": str(REPO), **ray_env}, throughput_mode=False)
@@ -730,6 +735,11 @@ class Bench:
 
             out["sse_probe"] = self.step(f"sse probe {name}", probe)
             self.res.setdefault("sse_probe", {})[name] = out["sse_probe"]
+            if engine_beside:
+                pool = cpu_pool()
+                beside = self.step(f"direct engine beside the idle cluster ({name})", lambda: run_direct(
+                    pool["engine_kwargs"], pool["env"], ttft_phases(p), p))
+                self.res["direct_beside_cluster"] = {"mode": name, "ttft": (beside or {}).get("ttft")}
         finally:
             say(f"stopped Ray head on :{cluster.gcs_port} ({cluster.stop()} processes)")
         self.res.setdefault("proxy_modes", {})[name] = out
@@ -741,8 +751,7 @@ class Bench:
         base_kwargs = dict(pool["engine_kwargs"])
         base_env = dict(pool["env"])
         phases = [{"kind": "throughput", "concurrency": c, "requests": p.llm_requests[c]} for c in p.llm_levels]
-        phases += [{"kind": "ttft", "concurrency": c, "requests": p.ttft_requests[c], "max_tokens": p.ttft_max_tokens,
-                    "rep": i} for c in p.ttft_levels for i in range(p.reps)]
+        phases += ttft_phases(p)
         base = self.step("direct engine (serve_config args)", lambda: run_direct(base_kwargs, base_env, phases, p))
         self.res["direct"] = base
         variants: list[tuple[str, dict[str, Any], dict[str, str]]] = []
@@ -865,6 +874,12 @@ def sse_probe(url: str, prefix: str = "/probe") -> dict[str, Any]:
             "streams": first is not None and first < total / 2}
 
 
+def ttft_phases(plan: Plan) -> list[dict[str, Any]]:
+    """The direct engine's streaming TTFT phases: each SSE level, ``plan.reps`` times."""
+    return [{"kind": "ttft", "concurrency": c, "requests": plan.ttft_requests[c], "max_tokens": plan.ttft_max_tokens,
+             "rep": i} for c in plan.ttft_levels for i in range(plan.reps)]
+
+
 def run_direct(engine_kwargs: dict[str, Any], env: dict[str, str], phases: list[dict[str, Any]],
                plan: Plan) -> dict[str, Any]:
     spec = {"model": model_path(), "engine_kwargs": engine_kwargs, "env": {"HF_HUB_OFFLINE": "1", **env},
@@ -960,7 +975,7 @@ def main() -> int:
                 {**THROUGHPUT_MODE_ENV, "RAY_SERVE_HAPROXY_NBTHREAD": "1",
                  "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "100",
                  "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-                 "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}, env_vars))
+                 "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}, env_vars, engine_beside=True))
             bench.step("phase throughput-optimized", lambda: bench.proxy_mode_phase(
                 "throughput-optimized, no HAProxy", {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}, env_vars))
         if ns.autoscaling and "autoscaling" not in skip and not ns.quick:

@@ -286,6 +286,20 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
         L.append(md_table(["concurrent streams", "vLLM server p50/p95 ms", "added p50 over the in-process engine"],
                           rows) + "\n")
 
+    beside = res.get("direct_beside_cluster") or {}
+    if beside.get("ttft"):
+        rows = []
+        for c in plan.get("ttft_levels") or []:
+            b, d = _g(beside, "ttft", c), _g(res, "direct", "ttft", c)
+            rows.append([c, f"{fmt(_g(b, 'ttft_p50_ms'), 0)} / {fmt(_g(b, 'ttft_p95_ms'), 0)}",
+                         fmt(_diff(_g(b, "ttft_p50_ms"), _g(d, "ttft_p50_ms")), 1, " ms"),
+                         fmt_spread(spread(_g(b, "reps_ttft_p50_ms") or []), 0)])
+        L.append("The same in-process engine and streams while an idle Ray cluster shares the cores (the proxy-mode "
+                 f"phase's cluster, {beside.get('mode')}: Serve's controller, proxies and a users-only ingress; no "
+                 "engine): what Ray's background alone costs an engine on these cores, before any relay.\n")
+        L.append(md_table(["concurrent streams", "engine beside the cluster p50/p95 ms", "added p50 over the engine "
+                           "alone", "p50 per repeat"], rows) + "\n")
+
     # engine settings chosen on the /question path
     es = res.get("engine_settings") or []
     if es:

@@ -195,6 +195,19 @@ def test_a_candidate_sample_at_or_below_the_shipped_bar_cannot_displace_it() -> 
     assert shipped_bar(res["engine_settings"]) is None
 
 
+def test_the_engine_beside_the_idle_cluster_is_reported_against_the_engine_alone() -> None:
+    from loadtests.report import write_report
+
+    res = _results()
+    assert "engine beside the cluster" not in write_report(res, [])
+    res["direct_beside_cluster"] = {"mode": "HAProxy, 1 thread", "ttft": {"1": {
+        "ttft_p50_ms": 118.0, "ttft_p95_ms": 140.0, "reps_ttft_p50_ms": [121.0, 118.0, 116.0]}}}
+    md = write_report(res, [])
+    assert "(the proxy-mode phase's cluster, HAProxy, 1 thread:" in md
+    # alone 100 ms (the fixture's direct engine): 18 ms added by the idle cluster
+    assert "| 1 | 118 / 140 | 18.0 ms | 118 (116-121, n=3) |" in md
+
+
 def test_goal_rows_are_found_by_the_script() -> None:
     from loadtests.goals import goal_rows, required_rows
     from loadtests.report import write_report
