@@ -44,6 +44,7 @@ from loadtests import bench_report as R  # noqa: E402
 from loadtests.bench_vllm import VllmServer, best_cpu_env, run_client  # noqa: E402
 from loadtests.coldstart import cold_start, fmt_breakdown, second_replica  # noqa: E402
 from loadtests.loadgen import have_wrk, run_load  # noqa: E402
+from loadtests.report import shipped_bar  # noqa: E402
 from serve_app.llm import resolve_model_source  # noqa: E402
 from tests.conftest import REDIS_URL, create_database, drop_database, drop_prefix, pg_dsn  # noqa: E402
 from tests.serve_harness import LocalRay  # noqa: E402
@@ -632,7 +633,7 @@ class Bench:
             reps: list[dict[str, Any]] = []
             for _ in range(p.reps):
                 reps.append(llm_summary(asyncio.run(ask_load(cluster.url, p, top, p.llm_requests[top]))))
-                # Under the report's rule (R.engine_verdict) a candidate with one sample
+                # Under the report's rule (report.engine_verdict) a candidate with one sample
                 # no faster than the shipped setting's fastest cannot displace it: more
                 # samples would not change the verdict, only the bench's length.
                 if bar is not None and (reps[-1].get("tokens_per_s") or 0) <= bar:
@@ -643,7 +644,7 @@ class Bench:
         for name, kwargs, env in engine_candidates(cpu_pool()):
             row: dict[str, Any] = {"name": name, "engine_kwargs": kwargs, "env": env}
             try:
-                reps = row["llm_reps"] = deploy_and_measure(row, R.shipped_bar(out))
+                reps = row["llm_reps"] = deploy_and_measure(row, shipped_bar(out))
                 row["llm"] = sorted(reps, key=lambda r: r.get("tokens_per_s") or 0)[len(reps) // 2]
                 # What one user waits for the first token on this candidate (reported, not a criterion).
                 row["ttft_1"] = llm_summary(asyncio.run(ask_load(cluster.url, p, 1, p.ttft_requests[1], stream=True,
