@@ -2,7 +2,7 @@
 plain uvicorn), Redis cache effect and stampede, cold start, isolation, SSE
 time to first token, proxy modes, and CPU engine tuning.
 
-    .venv/bin/python loadtests/bench.py            # full run (~22 min on 2 cores, 1328 s; --autoscaling: +8 min)
+    .venv/bin/python loadtests/bench.py            # full run (22-32 min on 2 cores; --autoscaling: +8 min)
     .venv/bin/python loadtests/bench.py --quick    # short run (~6 min)
 
 Starts and stops everything it needs (its own PostgreSQL database and Redis
