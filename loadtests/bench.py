@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from devtools.local_ray import CONTROLLER_ENV, THROUGHPUT_MODE_ENV, cluster_processes  # noqa: E402
 from loadtests import bench_report as R  # noqa: E402
 from loadtests.bench_vllm import VllmServer, best_cpu_env, run_client  # noqa: E402
-from loadtests.coldstart import cold_start, fmt_breakdown, second_replica  # noqa: E402
+from loadtests.coldstart import cold_start, fmt_breakdown, second_replica, with_pool_override  # noqa: E402
 from loadtests.loadgen import have_wrk, run_load  # noqa: E402
 from loadtests.report import shipped_bar  # noqa: E402
 from serve_app.llm import resolve_model_source  # noqa: E402
@@ -513,7 +513,9 @@ class Bench:
             t = time.monotonic()
             cluster.start()
             self.res["ray_start_s"] = time.monotonic() - t
-            config = cluster.serve_config(app_args(), env_vars)
+            # The CPU pool's bounds also as a `deployments:` override (the same
+            # values): second_replica changes them without a restart.
+            config = with_pool_override(cluster.serve_config(app_args(), env_vars))
             cs = cold_start(cluster, config)
             # The app is RUNNING once its slowest deployment, the LLM pool, is.
             cs["running_s"] = cs["pool_running_s"]

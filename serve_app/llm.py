@@ -82,8 +82,11 @@ def replica_llm_config(model: ModelArgs, pool: PoolArgs) -> dict[str, Any]:
     """``llm_config`` as the pool replica is constructed with: without the
     replica count or autoscaling bounds, which Serve reads from the
     deployment's options. Constructor arguments are part of a deployment's
-    version: with them in, changing min_replicas would restart every running
-    engine instead of only adding or removing replicas."""
+    version: with them in, a change of bounds through the config's
+    ``deployments:`` override (a lightweight update) would restart every
+    running engine instead of only adding or removing replicas. A change in
+    the app's ``args`` restarts them all anyway: Serve hashes ``args`` into the
+    app's code version (kuberay/README.md, "in place")."""
     cfg = llm_config(model, pool)
     cfg["deployment_config"] = {k: v for k, v in cfg["deployment_config"].items()
                                 if k not in ("autoscaling_config", "num_replicas")}

@@ -92,8 +92,12 @@ def test_shipped_cpu_pool_derives_its_binding_on_the_node() -> None:
 
 
 def test_replica_count_is_not_a_constructor_argument() -> None:
-    """Raising min_replicas must add replicas, not restart the running engines
-    (a deployment's constructor arguments are part of its version)."""
+    """The replica bounds are deployment options, not constructor arguments
+    (which are part of a deployment's version): a change of bounds through the
+    config's ``deployments:`` override or by the autoscaler adds or removes
+    replicas. A change in the app's ``args`` restarts them all anyway (Serve
+    hashes ``args`` into the code version: kuberay/README.md; the bench's
+    second replica checks the running one is kept)."""
     model, pool = _cpu_pool()
     more = pool.model_copy(deep=True)
     more.deployment.autoscaling.min_replicas = more.deployment.autoscaling.max_replicas = 2
