@@ -253,7 +253,8 @@ def second_replica(cluster: LocalRay, config: dict[str, Any], deployment: str,
     running ``config`` carries ``with_pool_override``'s override; its bounds
     raised) and times the new replica until RUNNING: what an
     autoscaling step waits for. ``first_replica_kept`` says whether the running
-    replica survived."""
+    replica survived. Then puts ``config``'s bounds back and waits until the
+    extra replica is gone."""
     cfg = with_pool_override(config, replicas=2)
     app = cfg["applications"][0]
     before = {m["pid"] for m in replica_marks(cluster) if m["what"] == "replica_init"}
@@ -276,6 +277,20 @@ def second_replica(cluster: LocalRay, config: dict[str, Any], deployment: str,
                            "first_replica_kept": bool(running_before) and running_before <= running_after}
     if new:
         out["engine_phases"] = replica_engine_phases(cluster, new[0]["pid"], _by_pid(new, new[0]["pid"]))
+    # Back to the running config's bounds, and wait until the extra replica
+    # is gone (any state): a draining engine would share the cores with what
+    # the caller measures next.
+    cluster.submit(config)
+    t1 = time.monotonic()
+    while time.monotonic() - t1 < timeout_s:
+        with contextlib.suppress(httpx.HTTPError):
+            replicas = (cluster.deployments(app["name"]).get(deployment) or {}).get("replicas") or []
+            if len(replicas) <= len(running_before) and running_replicas(cluster, app["name"], deployment):
+                break
+        time.sleep(0.5)
+    else:
+        raise TimeoutError(f"the extra replica still listed after {timeout_s}s")
+    out["scale_back_s"] = time.monotonic() - t1
     return out
 
 
