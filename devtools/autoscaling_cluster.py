@@ -43,7 +43,6 @@ import contextlib
 import copy
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -151,12 +150,6 @@ def autoscaling_config(overlay: str = "prod", *, idle_timeout_s: float, gcs_addr
 
 
 # -- the fake node provider -------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _provider_cls() -> Any:
     from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
 
@@ -174,7 +167,7 @@ def _provider_cls() -> Any:
             # `memory` among custom resources and the fake provider has no other
             # way to pass it: a fake node reports the machine's memory instead.
             resources = {k: v for k, v in resources.items() if k != "memory"}
-            ports = {k: str(_free_port()) for k in (
+            ports = {k: str(free_port()) for k in (
                 "RAY_SERVE_WORKER_PROXY_HTTP_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")}
             # LocalRay's per-node marker: this node's processes, not the head's
             # (whose marker the autoscaler, on the head, carries).

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import random
 import socket
 import subprocess
 import sys
@@ -35,10 +36,37 @@ from serve_app.settings import child_env
 BIN = Path(sys.executable).parent
 
 
+# Ray's worker ports by default (``ray start --min-worker-port/--max-worker-port``).
+_RAY_WORKER_PORTS = range(10002, 20000)
+
+
+def _ephemeral_ports() -> range:
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999  # Linux's default
+    return range(lo, hi + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on every address now, outside the kernel's ephemeral
+    range and Ray's worker ports.
+
+    A port the kernel hands out (bind to port 0) and that is then released
+    can be handed out again, to any process's outgoing connection or Ray's
+    own listeners, before whoever it was picked for binds it: HAProxy's stats
+    port, bound once the cluster had started, was taken that way in the
+    bench of 2026-12-01 ("cannot bind socket (Address already in use)")."""
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in range(20000, 65536) if p not in ephemeral and p not in _RAY_WORKER_PORTS]
+    for port in random.sample(candidates, min(200, len(candidates))):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port outside the ephemeral range")
 
 
 # Serve's throughput-optimized mode: the ingress replicas serve HTTP
