@@ -147,10 +147,18 @@ def pool_deployment(cluster: LocalRay, app: str) -> str | None:
     return None
 
 
+def replicas(cluster: LocalRay, app: str, deployment: str) -> list[dict[str, Any]]:
+    """The deployment's replicas, any state (the dashboard's DeploymentDetails.replicas)."""
+    return (cluster.deployments(app).get(deployment) or {}).get("replicas") or []
+
+
+def _running_ids(listed: list[dict[str, Any]]) -> set[str]:
+    return {r["replica_id"] for r in listed if r.get("state") == "RUNNING"}
+
+
 def running_replicas(cluster: LocalRay, app: str, deployment: str) -> int:
-    """RUNNING replicas of the deployment (the dashboard's DeploymentDetails.replicas)."""
-    d = cluster.deployments(app).get(deployment) or {}
-    return sum(1 for r in d.get("replicas") or [] if r.get("state") == "RUNNING")
+    """RUNNING replicas of the deployment."""
+    return len(_running_ids(replicas(cluster, app, deployment)))
 
 
 def cold_start(cluster: LocalRay, config: dict[str, Any], timeout_s: float = 600) -> dict[str, Any]:
@@ -242,11 +250,6 @@ def with_pool_override(config: dict[str, Any], pool_name: str = "cpu", replicas:
     return cfg
 
 
-def running_replica_ids(cluster: LocalRay, app: str, deployment: str) -> set[str]:
-    d = cluster.deployments(app).get(deployment) or {}
-    return {r["replica_id"] for r in d.get("replicas") or [] if r.get("state") == "RUNNING"}
-
-
 def second_replica(cluster: LocalRay, config: dict[str, Any], deployment: str,
                    timeout_s: float = 600) -> dict[str, Any]:
     """Raises the CPU pool's replica count to 2 by a lightweight update (the
@@ -258,18 +261,17 @@ def second_replica(cluster: LocalRay, config: dict[str, Any], deployment: str,
     cfg = with_pool_override(config, replicas=2)
     app = cfg["applications"][0]
     before = {m["pid"] for m in replica_marks(cluster) if m["what"] == "replica_init"}
-    running_before = running_replica_ids(cluster, app["name"], deployment)
+    running_before = _running_ids(replicas(cluster, app["name"], deployment))
     t0_wall, t0 = time.time(), time.monotonic()
     cluster.submit(cfg)
     while time.monotonic() - t0 < timeout_s:
         with contextlib.suppress(httpx.HTTPError):
-            if running_replicas(cluster, app["name"], deployment) >= 2:
+            if len(running_after := _running_ids(replicas(cluster, app["name"], deployment))) >= 2:
                 break
         time.sleep(0.25)
     else:
         raise TimeoutError(f"no second replica after {timeout_s}s")
     ready = time.monotonic() - t0
-    running_after = running_replica_ids(cluster, app["name"], deployment)
     new = [m for m in replica_marks(cluster) if m["pid"] not in before]
     marks = {m["what"]: m["t"] - t0_wall for m in new}
     out: dict[str, Any] = {"ready_s": ready, "replica_init_s": marks.get("replica_init"),
@@ -284,8 +286,8 @@ def second_replica(cluster: LocalRay, config: dict[str, Any], deployment: str,
     t1 = time.monotonic()
     while time.monotonic() - t1 < timeout_s:
         with contextlib.suppress(httpx.HTTPError):
-            replicas = (cluster.deployments(app["name"]).get(deployment) or {}).get("replicas") or []
-            if len(replicas) <= len(running_before) and running_replicas(cluster, app["name"], deployment):
+            listed = replicas(cluster, app["name"], deployment)
+            if len(listed) <= len(running_before) and _running_ids(listed):
                 break
         time.sleep(0.5)
     else:
