@@ -368,9 +368,21 @@ class _PoolLost(Exception):
 _DEATH_CONFIRM_S = 15.0
 
 
+# Replica states that serve calls. A controller that restarts (the head lost
+# and brought back, GCS on Redis) re-adopts the replica actors still alive as
+# RECOVERING and holds back its routing broadcast while any is RECOVERING, so
+# the handles keep routing to them (Ray 2.60.0, ray/serve/_private/
+# deployment_state.py ``recover_current_state_from_replica_actor_names`` and
+# ``broadcast_running_replicas_if_changed``). Counting only RUNNING read that
+# second as "no replica": calls in flight on a healthy engine got 503s, some
+# after 10 s (CI, test_head_killed_under_load).
+_SERVING_STATES = frozenset({"RUNNING", "RECOVERING"})
+
+
 def serve_running_counts(app_name: str | None) -> dict[str, int]:
-    """RUNNING replicas per deployment of the app, from the Serve controller
-    (the handle does not expose it). Called once per refresh interval.
+    """Serving replicas (RUNNING, or alive and being re-adopted by a restarted
+    controller) per deployment of the app, from the Serve controller (the
+    handle does not expose it). Called once per refresh interval.
 
     Reads the controller's JSON-able details (what ``serve.status()`` fetches)
     without rebuilding them as pydantic models: that rebuild cloudpickles each
@@ -386,7 +398,7 @@ def serve_running_counts(app_name: str | None) -> dict[str, int]:
     app = (client.get_serve_details().get("applications") or {}).get(app_name)
     if app is None:
         return {}
-    return {name: sum(1 for r in d.get("replicas") or [] if r.get("state") == "RUNNING")
+    return {name: sum(1 for r in d.get("replicas") or [] if r.get("state") in _SERVING_STATES)
             for name, d in (app.get("deployments") or {}).items()}
 
 

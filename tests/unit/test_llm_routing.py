@@ -45,6 +45,7 @@ class FakeHandle:
         self.make_response = make_response
         self.calls = 0
         self.woken = 0
+        self.called = asyncio.Event()
         self.chat_json = self
         self.ready = _Wake(self)
 
@@ -53,6 +54,7 @@ class FakeHandle:
 
     def remote(self, _request: Any) -> FakeResponse:
         self.calls += 1
+        self.called.set()
         self.last = self.make_response()
         return self.last
 
@@ -187,3 +189,64 @@ async def test_invalid_request_is_rejected_before_any_pool() -> None:
         with pytest.raises(InvalidInput):
             await b.chat(MODEL, {"messages": "not a list"}, deadline_s=5)
     assert h.calls == 0
+
+
+class _FakeServeClient:
+    """What ``serve_running_counts`` reads: the controller's JSON-able details."""
+
+    def __init__(self, states: list[str]) -> None:
+        self.states = states
+
+    def get_serve_details(self) -> dict[str, Any]:
+        replicas = [{"replica_id": str(i), "state": s} for i, s in enumerate(self.states)]
+        return {"applications": {"app": {"deployments": {"cpu-dep": {"replicas": replicas}}}}}
+
+
+@pytest.fixture
+def serve_client(monkeypatch: pytest.MonkeyPatch) -> _FakeServeClient:
+    import ray.serve.context
+
+    client = _FakeServeClient(["RUNNING"])
+    monkeypatch.setattr(ray.serve.context, "_get_global_client", lambda **_: client)
+    return client
+
+
+def test_running_counts_are_the_replicas_that_serve(serve_client: _FakeServeClient) -> None:
+    from ray.serve._private.common import ReplicaState
+
+    from serve_app.llm_client import _SERVING_STATES, serve_running_counts
+
+    # The names are Ray's own (the installed, pinned Ray), not ours.
+    assert _SERVING_STATES <= {s.value for s in ReplicaState}
+    serve_client.states = [s.value for s in ReplicaState]
+    assert serve_running_counts("app") == {"cpu-dep": 2}  # RUNNING and RECOVERING
+    serve_client.states = ["STARTING", "STOPPING", "UPDATING"]
+    assert serve_running_counts("app") == {"cpu-dep": 0}
+    assert serve_running_counts("another-app") == {}
+
+
+async def test_a_restarted_controller_recovering_the_replica_does_not_fail_calls(
+    serve_client: _FakeServeClient,
+) -> None:
+    """The head lost and brought back: the new controller reports the engine
+    replica, alive all along, as RECOVERING for a moment. A call in flight
+    on it and a new call both get their answer (they got 503s while only
+    RUNNING counted)."""
+    from serve_app.llm_client import serve_running_counts
+
+    cpu = FakeHandle(ok("answer", delay=0.3))
+    b = ServeLLMBackend(
+        {MODEL: [Pool(name="cpu", deployment_name="cpu-dep", handle=cpu, can_scale_from_zero=False)]},
+        app_name="app", wake_idle_pools=False, refresh_s=0.02, running_counts=serve_running_counts,
+    )
+    async with running(b):
+        in_flight = asyncio.ensure_future(b.chat(MODEL, REQ, deadline_s=5))
+        await cpu.called.wait()
+        serve_client.states = ["RECOVERING"]
+        await b._refresh()
+        new = await b.chat(MODEL, REQ, deadline_s=5)
+        assert (await in_flight).pool == "cpu" and new.pool == "cpu"
+        serve_client.states = ["STOPPING"]  # gone for real: no replica counts
+        await b._refresh()
+        with pytest.raises(DependencyUnavailable):
+            await b.chat(MODEL, REQ, deadline_s=5)
