@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from devtools.local_ray import CONTROLLER_ENV, THROUGHPUT_MODE_ENV, cluster_processes  # noqa: E402
 from loadtests import bench_report as R  # noqa: E402
-from loadtests.bench_vllm import VllmServer, best_cpu_env, run_client  # noqa: E402
+from loadtests.bench_vllm import VllmServer, best_cpu_env, frozen, run_client  # noqa: E402
 from loadtests.coldstart import cold_start, fmt_breakdown, second_replica, with_pool_override  # noqa: E402
 from loadtests.loadgen import have_wrk, run_load  # noqa: E402
 from loadtests.report import shipped_bar  # noqa: E402
@@ -468,8 +468,10 @@ def llm_summary(run: dict[str, Any]) -> dict[str, Any]:
 
 # -- the phases ---------------------------------------------------------------------------------
 class Bench:
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, *, peer: bool = True) -> None:
         self.plan = plan
+        # vLLM's server, measured alternately with the serve phase's runs (peer_pairs).
+        self.peer = peer
         self.res: dict[str, Any] = {"machine": machine(), "plan": vars(plan).copy(), "errors": {},
                                     "loadgen": "wrk (1 thread)" if have_wrk() else "aiohttp (1 process)"}
         self.res["plan"]["prompts"] = PROMPTS
@@ -542,9 +544,9 @@ class Bench:
                 ttft[str(c)] = self.step(f"ttft serve c={c}", lambda c=c: ttft_reps(lambda: asyncio.run(
                     ask_load(url, p, c, p.ttft_requests[c], stream=True, max_tokens=p.ttft_max_tokens)), p.reps))
             self.res["ttft_serve"] = ttft
-            model_id = app_args()["llm"]["default_model"]
-            self.res["peer_ours"] = self.step("vLLM's benchmark client on our /v1", lambda: [
-                run_client(url, model_id, model_path(), p.peer_workload, seed=i) for i in range(p.reps)])
+            if self.peer:
+                self.step("peer: vLLM's benchmark client on our /v1 and on vLLM's server, alternately",
+                          lambda: self.peer_pairs(cluster, url))
             self.res["isolation"] = self.step("isolation", lambda: self.isolation(url, ids))
             # Serve with the cache off, and the SSE probe under the default proxy:
             # extra applications beside "qa" (its config unchanged, so not redeployed).
@@ -784,22 +786,41 @@ class Bench:
         self.res["tuning"] = tuning
 
     # 5. vLLM's own OpenAI server, best CPU settings, under vLLM's benchmark client --------------------
-    def peer_phase(self) -> None:
+    def peer_pairs(self, cluster: LocalRay, url: str) -> None:
+        """vLLM's server started beside the serve phase's cluster; then, ``reps``
+        times, the client on our /v1 with vLLM's server frozen and the client
+        on vLLM's server with our cluster frozen (``frozen``: SIGSTOP, no CPU
+        taken, memory kept), so each pair of runs is minutes apart and the
+        machine's drift over a phase does not enter the ratio. Then the
+        streaming TTFT of vLLM's own server at the SSE levels, ours frozen."""
         p = self.plan
         pool = cpu_pool()
         env = best_cpu_env(pool["env"])
         model_id = app_args()["llm"]["default_model"]
+
+        def ours_frozen() -> Any:
+            return frozen([q.pid for q in cluster_processes(cluster.cluster_id)])
+
         with VllmServer(model_path(), model_id, pool["engine_kwargs"], env) as server:
-            self.res["peer_vllm_server"] = {"ready_s": server.ready_s, "env": env,
+            self.res["peer_vllm_server"] = {"ready_s": server.ready_s, "env": env, "alternated": True,
                                             "engine_kwargs": pool["engine_kwargs"], "argv": server.args[1:]}
             say(f"  vLLM server healthy after {server.ready_s:.1f}s ({env})")
-            self.res["peer_vllm"] = [run_client(server.url, model_id, model_path(), p.peer_workload, seed=i)
-                                     for i in range(p.reps)]
+            ours: list[dict[str, Any]] = []
+            theirs: list[dict[str, Any]] = []
+            self.res["peer_ours"], self.res["peer_vllm"] = ours, theirs
+            for i in range(p.reps):
+                with frozen(server.pids()):
+                    ours.append(run_client(url, model_id, model_path(), p.peer_workload, seed=i))
+                with ours_frozen():
+                    theirs.append(run_client(server.url, model_id, model_path(), p.peer_workload, seed=i))
+                say(f"  pair {i + 1}: ours {ours[-1]['output_throughput']:.1f}, "
+                    f"vLLM's server {theirs[-1]['output_throughput']:.1f} tok/s")
             # Streaming TTFT of vLLM's own server at the SSE levels: what the
             # engine's own OpenAI layer adds over the in-process engine.
-            self.res["ttft_vllm_server"] = {str(c): self.step(f"ttft vLLM server c={c}", lambda c=c: ttft_reps(
-                lambda: asyncio.run(openai_stream_ttft(server.url, model_id, c, p.ttft_requests[c],
-                                                       p.ttft_max_tokens)), p.reps)) for c in p.ttft_levels}
+            with ours_frozen():
+                self.res["ttft_vllm_server"] = {str(c): self.step(f"ttft vLLM server c={c}", lambda c=c: ttft_reps(
+                    lambda: asyncio.run(openai_stream_ttft(server.url, model_id, c, p.ttft_requests[c],
+                                                           p.ttft_max_tokens)), p.reps)) for c in p.ttft_levels}
 
 
 def serve_mode(cluster: LocalRay) -> dict[str, str]:
@@ -940,7 +961,7 @@ def main() -> int:
     ENGINE_ENV.update(kv.split("=", 1) for kv in ns.engine_env)
     skip = set(filter(None, ns.skip.split(",")))
     plan = Plan(ns.quick)
-    bench = Bench(plan)
+    bench = Bench(plan, peer="peer" not in skip)
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -963,8 +984,6 @@ def main() -> int:
             bench.step("phase serve users-only", lambda: bench.serve_users_phase(env_vars))
         if "direct" not in skip:
             bench.step("phase direct", bench.direct_phase)
-        if "peer" not in skip:
-            bench.step("phase vLLM server", bench.peer_phase)
         if "proxy" not in skip:
             # The serve phase ran the default (throughput-optimized + HAProxy);
             # these are the alternatives it is measured against (Serve's default

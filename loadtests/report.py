@@ -298,8 +298,9 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
             v, d = _g(res, "ttft_vllm_server", c), _g(res, "direct", "ttft", c)
             rows.append([c, f"{fmt(_g(v, 'ttft_p50_ms'), 0)} / {fmt(_g(v, 'ttft_p95_ms'), 0)}",
                          fmt(_diff(_g(v, "ttft_p50_ms"), _g(d, "ttft_p50_ms")), 1, " ms")])
-        L.append("The same streams against vLLM's own OpenAI server (`/v1/chat/completions`, stream; the peer phase's "
-                 "server, best CPU settings): what vLLM's OpenAI layer adds over its in-process engine.\n")
+        L.append("The same streams against vLLM's own OpenAI server (`/v1/chat/completions`, stream; the peer runs' "
+                 "server, best CPU settings, our cluster frozen): what vLLM's OpenAI layer adds over its "
+                 "in-process engine.\n")
         L.append(md_table(["concurrent streams", "vLLM server p50/p95 ms", "added p50 over the in-process engine"],
                           rows) + "\n")
 
@@ -455,9 +456,10 @@ PEER_TEXT = """
 **The peer's tool**: vLLM's benchmark client (`vllm.benchmarks.serve`: `add_cli_args` + `main`, backend
 `openai-chat`, random dataset with `ignore_eos`, temperature 0) against our `/v1/chat/completions` and against
 `python -m vllm.entrypoints.openai.api_server` with the CPU pool's engine args and the best CPU settings found
-(OpenMP threads on every usable core, none reserved), in the same run (ours while the Ray cluster is up, then
-vLLM's server alone). Our `/tokenize` answers 404, so the client skips its prompt re-alignment against ours;
-both use the same tokenizer, so the prompts are the same.
+(OpenMP threads on every usable core, none reserved), in the same run and alternately: run i on ours with vLLM's
+server frozen (SIGSTOP: it keeps its memory, takes no CPU), then run i on vLLM's server with our Ray cluster frozen;
+each ratio pairs run i with run i. Our `/tokenize` answers 404, so the client skips its prompt re-alignment
+against ours; both use the same tokenizer, so the prompts are the same.
 """
 
 

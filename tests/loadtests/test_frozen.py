@@ -1,0 +1,65 @@
+"""``bench_vllm.frozen``: the peer runs alternate ours and vLLM's server, the
+other side stopped. A side left stopped after a failed run would wreck the rest
+of the benchmark, so the block's exit must continue every process it stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from loadtests.bench_vllm import frozen
+
+
+def _child() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+
+def _gone_pid() -> int:
+    """The pid of a child that has exited and been reaped."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def _continued(pid: int) -> bool:
+    """Whether the stopped child was continued. The kernel records a SIGCONT
+    on the stopped process when it is sent, so no wait is needed (WNOHANG: a
+    child never continued fails here instead of hanging the test)."""
+    got, status = os.waitpid(pid, os.WCONTINUED | os.WNOHANG)
+    return got == pid and os.WIFCONTINUED(status)
+
+
+def test_frozen_stops_each_process_for_the_block_and_continues_it_after() -> None:
+    a, b = _child(), _child()
+    try:
+        with frozen([a.pid, b.pid]) as stopped:
+            assert stopped == [a.pid, b.pid]
+            for p in (a, b):
+                # waitpid(WUNTRACED) returns once the child has stopped: no polling.
+                _, status = os.waitpid(p.pid, os.WUNTRACED)
+                assert os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP
+        for p in (a, b):
+            assert _continued(p.pid)
+    finally:
+        for p in (a, b):
+            p.kill()
+            p.wait()
+
+
+def test_frozen_continues_the_processes_when_the_block_fails_and_skips_gone_ones() -> None:
+    a = _child()
+    gone = _gone_pid()
+    try:
+        with pytest.raises(RuntimeError, match="a run failed"), frozen([gone, a.pid]) as stopped:
+            assert stopped == [a.pid]  # the gone one is not counted, and not an error
+            _, status = os.waitpid(a.pid, os.WUNTRACED)
+            assert os.WIFSTOPPED(status)
+            raise RuntimeError("a run failed")
+        assert _continued(a.pid)
+    finally:
+        a.kill()
+        a.wait()
