@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import math
 import os
 import platform
 import signal
@@ -547,7 +548,7 @@ class Bench:
             if self.peer:
                 self.step("peer: vLLM's benchmark client on our /v1 and on vLLM's server, alternately",
                           lambda: self.peer_pairs(cluster, url))
-            self.res["isolation"] = self.step("isolation", lambda: self.isolation(url, ids))
+            self.res["isolation"] = self.step("isolation", lambda: self.isolation_reps(url, ids))
             # Serve with the cache off, and the SSE probe under the default proxy:
             # extra applications beside "qa" (its config unchanged, so not redeployed).
             cfg = copy.deepcopy(config)
@@ -613,6 +614,14 @@ class Bench:
         return {"alone": alone, "llm_saturated": busy, "llm_during": llm,
                 "p99_ratio": R.ratio(busy["p99_ms"], alone["p99_ms"]),
                 "p50_ratio": R.ratio(busy["p50_ms"], alone["p50_ms"])}
+
+    def isolation_reps(self, url: str, ids: list[int]) -> dict[str, Any]:
+        """Goal row 7, ``plan.reps`` times: one p99 over 8 s swings with a few
+        slow requests (2.54 and 1.20 for the same setting in one run,
+        2026-12-01). The run with the median p99 ratio, and every run's ratio."""
+        runs = [self.isolation(url, ids) for _ in range(self.plan.reps)]
+        typical = sorted(runs, key=lambda r: r["p99_ratio"] if r["p99_ratio"] is not None else math.inf)
+        return {**typical[(len(runs) - 1) // 2], "reps_p99_ratio": [r["p99_ratio"] for r in runs]}
 
     def engine_settings(self, cluster: LocalRay, config: dict[str, Any], ids: list[int]) -> list[dict[str, Any]]:
         """The CPU pool's engine settings chosen on the path users take
