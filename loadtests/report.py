@@ -119,7 +119,8 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
         ["5", "cached GET /users/{id} req/s at 32 clients, Serve / uvicorn (API keys and rate limits "
          f"{'on' if res.get('bench_buckets') else 'off'})",
          fmt_spread(k["users"]), ">= 0.6", verdict(_g(k["users"], "median"), 0.6)],
-        ["6", "SSE time to first token added p50 over the engine, 1 / 8 streams",
+        ["6", "SSE time to first token added p50 over the best engine (per run, the faster of the in-process "
+              "engine and vLLM's own server), 1 / 8 streams",
          f"{fmt_spread(k['sse_added']['1'], 1, ' ms')} / {fmt_spread(k['sse_added']['8'], 1, ' ms')}", "<= 10 ms",
          verdict(sse_worst, 10, higher_is_better=False)],
         ["7", "users p99 with the LLM saturated / alone", fmt_spread(iso), "<= 2x",
@@ -293,8 +294,10 @@ def write_report(res: dict[str, Any], pngs: list[str]) -> str:
         s, d = _g(res, "ttft_serve", c), _g(res, "direct", "ttft", c)
         rows.append([c, f"{fmt(_g(s, 'ttft_p50_ms'), 0)} / {fmt(_g(s, 'ttft_p95_ms'), 0)}",
                      f"{fmt(_g(d, 'ttft_p50_ms'), 0)} / {fmt(_g(d, 'ttft_p95_ms'), 0)}",
-                     fmt(_diff(_g(s, "ttft_p50_ms"), _g(d, "ttft_p50_ms")), 1, " ms")])
-    L.append(md_table(["concurrent streams", "SSE p50/p95 ms", "direct p50/p95 ms", "added p50"], rows) + "\n")
+                     fmt(_diff(_g(s, "ttft_p50_ms"), _g(d, "ttft_p50_ms")), 1, " ms"),
+                     fmt_spread(k["sse_added"][str(c)], 1, " ms") if str(c) in k["sse_added"] else "n/a"])
+    L.append(md_table(["concurrent streams", "SSE p50/p95 ms", "direct p50/p95 ms", "added p50",
+                       "added p50 over the best, per run (goal row 6)"], rows) + "\n")
     if res.get("ttft_vllm_server"):
         rows = []
         for c in plan.get("ttft_levels") or []:
@@ -436,9 +439,25 @@ def key_ratios(res: dict[str, Any]) -> dict[str, Any]:
                                  _g(res, "users_uvicorn", 32, "reps_rps") or [_g(res, "users_uvicorn", 32, "rps")])),
         "isolation": spread(_g(res, "isolation", "reps_p99_ratio") or [_g(res, "isolation", "p99_ratio")]),
         "sse_added": {c: spread(pairwise(_g(res, "ttft_serve", c, "reps_ttft_p50_ms") or [],
-                                         _g(res, "direct", "ttft", c, "reps_ttft_p50_ms") or [], "diff"))
+                                         best_ttft_reps(res, c), "diff"))
                       for c in ("1", "8")},
     }
+
+
+def best_ttft_reps(res: dict[str, Any], level: str) -> list[float | None]:
+    """Row 6's floor, run by run: the faster p50 of the in-process engine and
+    vLLM's own OpenAI server at ``level`` streams. vLLM's server, HTTP and all,
+    reached the first token sooner than our in-process driver in both Intel runs
+    of 2026-12-01 (by 10-18 ms at 1 stream, 66-94 ms at 8): against the driver
+    alone, ours looked closer to the best than it is."""
+    direct = _g(res, "direct", "ttft", level, "reps_ttft_p50_ms") or []
+    server = _g(res, "ttft_vllm_server", level, "reps_ttft_p50_ms") or []
+    if not server:
+        return list(direct)
+    if not direct:
+        return list(server)
+    return [None if d is None and v is None else min(x for x in (d, v) if x is not None)
+            for d, v in zip(direct, server, strict=False)]
 
 
 def _peer_table(res: dict[str, Any]) -> str:

@@ -150,6 +150,29 @@ def test_isolation_row_is_the_median_of_its_runs() -> None:
     assert "| users p99 with the LLM saturated / alone | 1.50 | <= 2x | PASS |" in write_report(res, [])
 
 
+def test_sse_row_is_measured_over_the_faster_of_the_engine_and_vllms_server() -> None:
+    """Goal row 6's floor is the best first token on the machine, run by run:
+    vLLM's own server beat our in-process driver by 66-94 ms at 8 streams
+    (Intel, 2026-12-01), and a floor that slow flattered us."""
+    from loadtests.report import best_ttft_reps, write_report
+
+    res = _results()
+    res["ttft_serve"]["8"] = {"ttft_p50_ms": 500.0, "reps_ttft_p50_ms": [500.0, 520.0, 480.0]}
+    res["direct"]["ttft"]["8"] = {"ttft_p50_ms": 480.0, "reps_ttft_p50_ms": [480.0, 470.0, 490.0]}
+    assert "| 8.0 ms (5.0-12.0, n=3) / 20.0 ms (-10.0-50.0, n=3) | <= 10 ms | MISS |" in write_report(res, [])
+    # vLLM's server: faster in runs 1 and 2 at 8 streams, slower in run 3; slower everywhere at 1
+    res["ttft_vllm_server"] = {"1": {"ttft_p50_ms": 120.0, "reps_ttft_p50_ms": [120.0, 120.0, 120.0]},
+                               "8": {"ttft_p50_ms": 420.0, "reps_ttft_p50_ms": [400.0, 420.0, 495.0]}}
+    assert best_ttft_reps(res, "8") == [400.0, 420.0, 490.0]
+    assert best_ttft_reps(res, "1") == [100.0, 100.0, 100.0]
+    md = write_report(res, [])
+    assert "| 8.0 ms (5.0-12.0, n=3) / 100.0 ms (-10.0-100.0, n=3) | <= 10 ms | MISS |" in md
+    assert "| 8 | 500 / n/a | 480 / n/a | 20.0 ms | 100.0 ms (-10.0-100.0, n=3) |" in md
+    # a results file without the engine's repeats still has the server's
+    del res["direct"]["ttft"]["8"]["reps_ttft_p50_ms"]
+    assert best_ttft_reps(res, "8") == [400.0, 420.0, 495.0]
+
+
 def test_an_engine_winner_that_is_not_shipped_is_a_miss() -> None:
     from loadtests.report import engine_winner, write_report
 
