@@ -208,6 +208,14 @@ class LocalRun:
     ingress_replicas: int = 1
     # A custom autoscaling policy for every pool (serve_app/autoscaling.py), or None: Serve's default.
     policy: str | None = None
+    # The question deadline (llm.request_deadline_s; serve_config.yaml: 120 s), with the
+    # timeouts that must cover it. On one machine the GPU node's replica and the CPU
+    # pool's second one start beside the serving engine (3 engines on 2 cores), and the
+    # serving engine, at idle priority, made almost no progress for about 60 s meanwhile:
+    # the last questions queued at the handles passed 120 s in 3 of 9 runs of this tier
+    # (3-6 504s each, 2026-12-01 on an AMD EPYC, with and without the workers at nice
+    # 0; 27 on an Intel Xeon). On EKS that replica starts on its own GPU node.
+    deadline_s: float = 240.0
     model_dir: Path = MODEL_DIR
 
     def serve_config(self) -> dict[str, Any]:
@@ -217,6 +225,11 @@ class LocalRun:
         args["ingress"]["num_replicas"] = min(args["ingress"].get("num_replicas") or 1, self.ingress_replicas)
         # One load generator is one client address: the limiter would measure itself.
         args["rate_limits"] = {"enabled": False}
+        args["llm"]["request_deadline_s"] = self.deadline_s
+        # A replica stopped meanwhile, and the HTTP proxy's timeout, cover the deadline
+        # (as serve_config.yaml's 130 s and 150 s cover its 120 s).
+        args["ingress"]["graceful_shutdown_timeout_s"] = self.deadline_s + 10
+        config.setdefault("http_options", {})["request_timeout_s"] = self.deadline_s + 30
         models = args["llm"]["models"]
         for model in models:
             model["source"] = str(self.model_dir)
@@ -231,6 +244,7 @@ class LocalRun:
                 if name in self.min_replicas:
                     scaling["min_replicas"] = min(scaling.get("min_replicas", 1), self.min_replicas[name])
                 scaling["downscale_delay_s"] = self.downscale_delay_s
+                pool["deployment"]["graceful_shutdown_timeout_s"] = self.deadline_s + 10
                 if self.policy:
                     scaling["policy"] = {"policy_function": self.policy}
                 if pool.get("accelerator") == "gpu" and cpu is not None:

@@ -86,6 +86,8 @@ class Load:
 
     url: str
     plan: Plan
+    # Past the run's question deadline (LocalRun.deadline_s): the service answers first.
+    timeout_s: float = 300.0
     target: int = 0
     stopped: bool = False
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -105,7 +107,7 @@ class Load:
 
         limits = httpx.Limits(max_connections=self.plan.concurrency + 8,
                               max_keepalive_connections=self.plan.concurrency + 8)
-        async with httpx.AsyncClient(base_url=self.url, timeout=180, limits=limits) as client:
+        async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s, limits=limits) as client:
             await asyncio.gather(*(self._worker(client, i) for i in range(self.plan.concurrency)))
 
     async def _worker(self, client: Any, i: int) -> None:
@@ -308,7 +310,7 @@ class Scenario:
                       and (self.samples[-1].get("nodes") or {}).get("gpu") == 0, 60)
 
             # ramp
-            self.load = Load(self.cluster.ray.url, p)
+            self.load = Load(self.cluster.ray.url, p, timeout_s=self.run.deadline_s + 60)
             self.load.start()
             t_load = self.now()
             self.phases["load start"] = round(t_load, 1)
@@ -334,7 +336,7 @@ class Scenario:
             self.phases["load stop"] = round(t_stop, 1)
             self.load.target = 0
             in_flight_at_stop = self.load.in_flight
-            self.wait("in-flight questions finished", lambda: self.load.in_flight == 0, 200)
+            self.wait("in-flight questions finished", lambda: self.load.in_flight == 0, self.run.deadline_s + 30)
             self.wait("gpu replicas at zero", lambda: self.last("replicas", "gpu") == 0
                       and self.last("starting", "gpu") == 0, p.scale_down_s)
             self.wait("cpu pool back at its minimum", lambda: self.last("replicas", "cpu") == cpu_min,

@@ -92,3 +92,18 @@ def test_the_gpu_pool_runs_a_cpu_engine_with_its_gpu_request() -> None:
     from ray.serve.llm import LLMConfig
 
     assert LLMConfig.model_validate(cfg).accelerator_config.kind == "cpu"
+
+
+def test_the_local_runs_deadline_is_covered_by_every_timeout() -> None:
+    """The local run's longer question deadline (3 engines share 2 cores
+    here) with what must outlast it: the proxy's request timeout (else a 408
+    before our 504) and a stopping replica's grace."""
+    run = LocalRun()
+    config = run.serve_config()
+    args = AppArgs.model_validate(config["applications"][0]["args"])
+    assert args.llm.request_deadline_s == run.deadline_s > 120
+    assert config["http_options"]["request_timeout_s"] > run.deadline_s
+    assert args.ingress.graceful_shutdown_timeout_s >= run.deadline_s
+    pools = args.llm.models[0].pools
+    assert {p.name for p in pools} == {"gpu", "cpu"}
+    assert all(p.deployment.graceful_shutdown_timeout_s >= run.deadline_s for p in pools)
