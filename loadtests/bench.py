@@ -40,7 +40,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from devtools.local_ray import CONTROLLER_ENV, THROUGHPUT_MODE_ENV, cluster_processes  # noqa: E402
+from devtools.local_ray import (  # noqa: E402
+    CONTROLLER_ENV,
+    THROUGHPUT_MODE_ENV,
+    WORKER_PRIORITY_ENV,
+    cluster_processes,
+)
 from loadtests import bench_report as R  # noqa: E402
 from loadtests.bench_vllm import VllmServer, best_cpu_env, frozen, run_client  # noqa: E402
 from loadtests.coldstart import cold_start, fmt_breakdown, second_replica, with_pool_override  # noqa: E402
@@ -834,7 +839,8 @@ class Bench:
 
 def serve_mode(cluster: LocalRay) -> dict[str, str]:
     """The cluster's Serve environment the report shows: the run command's mode and the controller's period."""
-    return {k: v for k, v in cluster.env.items() if k in THROUGHPUT_MODE_ENV or k in CONTROLLER_ENV}
+    return {k: v for k, v in cluster.env.items()
+            if k in THROUGHPUT_MODE_ENV or k in CONTROLLER_ENV or k in WORKER_PRIORITY_ENV}
 
 
 def engine_candidates(pool: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, str]]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 import uuid
@@ -50,6 +51,29 @@ def test_alb_health_check_path_behind_haproxy(users_app) -> None:
     assert r.status_code == 200, (r.status_code, r.text)
     # The app's own liveness route answers beside it: the proxy routes the rest to the app.
     assert httpx.get(users_app.url + "/healthz", timeout=5).json() == {"status": "ok"}
+
+
+def test_request_path_runs_at_the_daemons_niceness(users_app) -> None:
+    """Ray 2.60 starts its workers at nice 15 unless RAY_worker_niceness says
+    otherwise; in a Serve cluster those workers are the request path (the
+    ingress replica, the proxies, HAProxy under the HAProxyManager). The run
+    command's cluster (and the RayService, tests/unit/test_ray_env.py) sets 0:
+    the same as Ray's daemons, so they no longer win every contested slice."""
+    import os
+
+    import psutil
+
+    from devtools.local_ray import cluster_processes
+
+    names: dict[str, list[int]] = {}
+    for p in cluster_processes(users_app.cluster_id):
+        with contextlib.suppress(psutil.Error):
+            names.setdefault(p.name(), []).append(os.getpriority(os.PRIO_PROCESS, p.pid))
+    request_path = {n: v for n, v in names.items() if n.startswith("ray::ServeRepli") or n == "haproxy"}
+    assert any(n.startswith("ray::ServeRepli") for n in request_path), sorted(names)
+    assert "haproxy" in request_path, sorted(names)
+    assert names.get("raylet") and set(names["raylet"]) == {0}, names.get("raylet")
+    assert all(v == [0] * len(v) for v in request_path.values()), request_path
 
 
 def test_users_round_trip_and_errors_over_serve(users_app) -> None:

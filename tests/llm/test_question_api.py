@@ -333,3 +333,33 @@ def test_serve_page_shows_ingress_and_pools_healthy(llm_app) -> None:
     assert "RUNNING" in body and "HEALTHY" in body
     assert "DEPLOY_FAILED" not in body
     assert shot.stat().st_size > 10_000
+
+
+def test_pool_replicas_run_below_the_request_path(llm_app) -> None:
+    """The run command starts Ray's workers at nice 0 (the request path:
+    ingress, HAProxy); each pool replica lowers its own process to
+    ``REPLICA_NICENESS`` so a starting one does not take the cores from the
+    running engines, which stay at idle priority (serve_app/pool_server.py)."""
+    import contextlib
+    import os
+
+    import psutil
+
+    from devtools.local_ray import cluster_processes
+    from serve_app.pool_server import REPLICA_NICENESS
+
+    replicas: dict[str, list[int]] = {}
+    engines: list[int] = []
+    for p in cluster_processes(llm_app.cluster_id):
+        with contextlib.suppress(psutil.Error):
+            title = (p.cmdline() or [""])[0]
+            if title.startswith("ray::ServeReplica:"):
+                replicas.setdefault(title, []).append(os.getpriority(os.PRIO_PROCESS, p.pid))
+            elif title.startswith("VLLM::"):
+                engines.append(os.sched_getscheduler(p.pid))
+    pools = {t: v for t, v in replicas.items() if "-pool:" in t}
+    ingress = {t: v for t, v in replicas.items() if t.endswith(":Ingress")}
+    assert len(pools) == 2 and ingress, sorted(replicas)
+    assert all(v == [REPLICA_NICENESS] * len(v) for v in pools.values()), pools
+    assert all(v == [0] * len(v) for v in ingress.values()), ingress
+    assert engines and set(engines) == {os.SCHED_IDLE}, engines

@@ -223,6 +223,33 @@ def test_idle_priority_puts_the_engine_in_sched_idle(replica_with_engine) -> Non
     assert os.sched_getscheduler(replica.pid) == os.SCHED_OTHER
 
 
+def test_the_pool_replica_lowers_every_thread_of_its_own_process() -> None:
+    """A starting pool replica must not take the cores from running engines
+    at the request path's nice 0 (``REPLICA_NICENESS``): every thread of its
+    process is lowered, the ones started before the call too, and threads
+    started after inherit it. Run in a child: it would renice pytest itself."""
+
+    from serve_app.pool_server import REPLICA_NICENESS
+
+    code = (
+        "import json, os, threading, time\n"
+        "from serve_app.pool_server import lower_replica_priority\n"
+        "stop = threading.Event()\n"
+        "before = threading.Thread(target=stop.wait); before.start()\n"
+        "main = lower_replica_priority()\n"
+        "after = threading.Thread(target=stop.wait); after.start()\n"
+        "tids = [int(t) for t in os.listdir('/proc/self/task')]\n"
+        "print(json.dumps({'main': main, 'threads': [os.getpriority(os.PRIO_PROCESS, t) for t in tids]}))\n"
+        "stop.set()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["main"] == REPLICA_NICENESS == 15
+    assert len(got["threads"]) == 3 and set(got["threads"]) == {REPLICA_NICENESS}, got
+    assert os.getpriority(os.PRIO_PROCESS, 0) < REPLICA_NICENESS  # this process untouched
+
+
 def test_engine_priority_lowers_an_engine_forked_while_it_starts() -> None:
     """The engine is forked after the replica enters ``EnginePriority``; it
     runs at idle priority before the replica's start finishes."""
