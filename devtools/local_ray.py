@@ -102,10 +102,10 @@ CONTROLLER_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
 # priority whatever this is (QA_ENGINE_PRIORITY: SCHED_IDLE, which ignores
 # niceness). At 15 the request path got about 3 % of a contested core against
 # Ray's own daemons (scheduler weights 36 against 1024). Measured 2026-12-01 on
-# an Intel Xeon with 2 cores (`make run`, alternating 15/0/15/0, cached GET /users/{id} with an API key at 32
-# connections, wrk, two 6 s runs each): 967/1074 and 872/842 req/s at 15,
-# 1158/1285 and 1326/1538 at 0; /question at 32 concurrent 132-143 tok/s at 15,
-# 132-160 at 0. The RayService sets the same on every Ray container. The pool
+# an Intel Xeon with 2 cores (`make run`, alternating 15/0/15/0, cached
+# GET /users/{id} with an API key at 32 connections, wrk, two 6 s runs each):
+# 967/1074 and 872/842 req/s at 15, 1158/1285 and 1326/1538 at 0; /question at
+# 32 concurrent 132-143 tok/s at 15, 132-160 at 0. The RayService sets the same on every Ray container. The pool
 # replicas lower themselves back to 15 as they start (serve_app/pool_server.py
 # REPLICA_NICENESS): a starting one must not take the cores from running engines.
 WORKER_PRIORITY_ENV = {"RAY_worker_niceness": "0"}

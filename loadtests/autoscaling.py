@@ -86,8 +86,9 @@ class Load:
 
     url: str
     plan: Plan
-    # Past the run's question deadline (LocalRun.deadline_s): the service answers first.
-    timeout_s: float = 300.0
+    # The client's timeout: past the run's question deadline (LocalRun.deadline_s),
+    # so the service's own answer (a 504) arrives first.
+    timeout_s: float
     target: int = 0
     stopped: bool = False
     records: list[dict[str, Any]] = field(default_factory=list)

@@ -228,7 +228,6 @@ def test_the_pool_replica_lowers_every_thread_of_its_own_process() -> None:
     at the request path's nice 0 (``REPLICA_NICENESS``): every thread of its
     process is lowered, the ones started before the call too, and threads
     started after inherit it. Run in a child: it would renice pytest itself."""
-
     from serve_app.pool_server import REPLICA_NICENESS
 
     code = (
