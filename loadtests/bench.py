@@ -47,7 +47,7 @@ from devtools.local_ray import (  # noqa: E402
     cluster_processes,
 )
 from loadtests import bench_report as R  # noqa: E402
-from loadtests.bench_vllm import VllmServer, best_cpu_env, frozen, run_client  # noqa: E402
+from loadtests.bench_vllm import VllmServer, best_cpu_env, frozen, is_engine_process, run_client  # noqa: E402
 from loadtests.coldstart import cold_start, fmt_breakdown, second_replica, with_pool_override  # noqa: E402
 from loadtests.loadgen import have_wrk, run_load  # noqa: E402
 from loadtests.report import shipped_bar  # noqa: E402
@@ -815,20 +815,34 @@ class Bench:
         def ours_frozen() -> Any:
             return frozen([q.pid for q in cluster_processes(cluster.cluster_id)])
 
+        def our_engine_frozen() -> Any:
+            # Only our engine: Ray's daemons, Serve's controller, proxies and
+            # HAProxy and our idle replicas keep running beside vLLM's server.
+            return frozen([q.pid for q in cluster_processes(cluster.cluster_id) if is_engine_process(q)])
+
         with VllmServer(model_path(), model_id, pool["engine_kwargs"], env) as server:
             self.res["peer_vllm_server"] = {"ready_s": server.ready_s, "env": env, "alternated": True,
                                             "engine_kwargs": pool["engine_kwargs"], "argv": server.args[1:]}
             say(f"  vLLM server healthy after {server.ready_s:.1f}s ({env})")
             ours: list[dict[str, Any]] = []
             theirs: list[dict[str, Any]] = []
+            beside: list[dict[str, Any]] = []
             self.res["peer_ours"], self.res["peer_vllm"] = ours, theirs
+            self.res["peer_vllm_beside_ray"] = beside
             for i in range(p.reps):
                 with frozen(server.pids()):
                     ours.append(run_client(url, model_id, model_path(), p.peer_workload, seed=i))
                 with ours_frozen():
                     theirs.append(run_client(server.url, model_id, model_path(), p.peer_workload, seed=i))
+                # Where the gap lies: the same server with our cluster's
+                # processes running idle beside it (our engine frozen): what
+                # a Ray cluster's presence on the cores costs any engine,
+                # apart from what our request path adds.
+                with our_engine_frozen():
+                    beside.append(run_client(server.url, model_id, model_path(), p.peer_workload, seed=i))
                 say(f"  pair {i + 1}: ours {ours[-1]['output_throughput']:.1f}, "
-                    f"vLLM's server {theirs[-1]['output_throughput']:.1f} tok/s")
+                    f"vLLM's server {theirs[-1]['output_throughput']:.1f} tok/s "
+                    f"(beside our idle Ray cluster {beside[-1]['output_throughput']:.1f})")
             # Streaming TTFT of vLLM's own server at the SSE levels: what the
             # engine's own OpenAI layer adds over the in-process engine.
             with ours_frozen():

@@ -463,7 +463,9 @@ def best_ttft_reps(res: dict[str, Any], level: str) -> list[float | None]:
 def _peer_table(res: dict[str, Any]) -> str:
     rows = []
     for label, runs in (("ours: `/v1` on Ray Serve (run command's mode)", res.get("peer_ours") or []),
-                        ("vLLM's OpenAI server, best CPU settings", res.get("peer_vllm") or [])):
+                        ("vLLM's OpenAI server, best CPU settings", res.get("peer_vllm") or []),
+                        ("vLLM's OpenAI server beside our idle Ray cluster (our engine frozen)",
+                         res.get("peer_vllm_beside_ray") or [])):
         for i, r in enumerate(runs):
             rows.append([label, i + 1, f"{r.get('completed')}/{(r.get('completed') or 0) + (r.get('failed') or 0)}",
                          fmt(r.get("output_throughput")), fmt(r.get("median_ttft_ms"), 0),
@@ -472,7 +474,26 @@ def _peer_table(res: dict[str, Any]) -> str:
     env = " ".join(f"{k}={v}" for k, v in (srv.get("env") or {}).items())
     return (md_table(["server", "run", "completed", "output tok/s", "median TTFT ms", "p99 TTFT ms",
                       "median TPOT ms"], rows) + "\n\n"
-            + f"vLLM's server: `{' '.join(srv.get('argv') or [])}` with `{env}`.\n")
+            + f"vLLM's server: `{' '.join(srv.get('argv') or [])}` with `{env}`.\n" + _peer_gap(res))
+
+
+def _peer_gap(res: dict[str, Any]) -> str:
+    """Row 1's gap split in two, run by run: what our Ray cluster's mere
+    presence on the cores costs vLLM's own server (its daemons, Serve's
+    controller, proxies and HAProxy, our idle replicas; our engine frozen),
+    and what our request path costs beyond that."""
+    beside = res.get("peer_vllm_beside_ray") or []
+    if not beside:
+        return ""
+
+    def tok(runs: list[dict[str, Any]]) -> list[Any]:
+        return [r.get("output_throughput") for r in runs]
+
+    presence = spread(pairwise(tok(beside), tok(res.get("peer_vllm") or [])))
+    path = spread(pairwise(tok(res.get("peer_ours") or []), tok(beside)))
+    return ("\nWhere row 1's gap lies, output tok/s run by run: vLLM's server beside our idle Ray cluster / the "
+            f"same server alone: {fmt_spread(presence)}; ours / vLLM's server beside our idle Ray cluster: "
+            f"{fmt_spread(path)}.\n")
 
 
 PEER_TEXT = """
@@ -480,8 +501,9 @@ PEER_TEXT = """
 `openai-chat`, random dataset with `ignore_eos`, temperature 0) against our `/v1/chat/completions` and against
 `python -m vllm.entrypoints.openai.api_server` with the CPU pool's engine args and the best CPU settings found
 (OpenMP threads on every usable core, none reserved), in the same run and alternately: run i on ours with vLLM's
-server frozen (SIGSTOP: it keeps its memory, takes no CPU), then run i on vLLM's server with our Ray cluster frozen;
-each ratio pairs run i with run i. Our `/tokenize` answers 404, so the client skips its prompt re-alignment
+server frozen (SIGSTOP: it keeps its memory, takes no CPU), then run i on vLLM's server with our Ray cluster frozen,
+then run i on vLLM's server with only our engine frozen (the rest of our cluster running idle beside it); each ratio
+pairs run i with run i. Our `/tokenize` answers 404, so the client skips its prompt re-alignment
 against ours; both use the same tokenizer, so the prompts are the same.
 """
 

@@ -63,3 +63,29 @@ def test_frozen_continues_the_processes_when_the_block_fails_and_skips_gone_ones
     finally:
         a.kill()
         a.wait()
+
+
+def test_engine_processes_are_told_apart_by_the_title_vllm_gives_them() -> None:
+    """The peer runs' third arm freezes only our engine: vLLM's engine core
+    and workers rename themselves ``VLLM::...`` (setproctitle); a replica, a
+    daemon or a process gone meanwhile is not one."""
+    import psutil
+
+    from loadtests.bench_vllm import is_engine_process
+
+    code = ("import setproctitle, time; setproctitle.setproctitle('VLLM::Worker'); "
+            "print('ok', flush=True); time.sleep(120)")
+    engine = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    other = _child()
+    try:
+        assert engine.stdout is not None and engine.stdout.readline().strip() == "ok"
+        assert is_engine_process(psutil.Process(engine.pid))
+        assert not is_engine_process(psutil.Process(other.pid))
+        gone = psutil.Process(other.pid)
+        other.kill()
+        other.wait()
+        assert not is_engine_process(gone)
+    finally:
+        for p in (engine, other):
+            p.kill()
+            p.wait()
