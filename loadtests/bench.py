@@ -859,7 +859,8 @@ def serve_mode(cluster: LocalRay) -> dict[str, str]:
 
 def engine_candidates(pool: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, str]]]:
     """serve_config.yaml's CPU pool first, then one change at a time: the
-    other choice of reserved core, the other choice of engine priority, and
+    other choice of reserved core, the other choice of engine priority,
+    OpenMP threads that sleep at once at a barrier (the previous choice), and
     a bigger batch."""
     from serve_app.pool_server import PRIORITY_ENV, RESERVED_ENV
 
@@ -874,6 +875,8 @@ def engine_candidates(pool: dict[str, Any]) -> list[tuple[str, dict[str, Any], d
         ("engine at normal priority (QA_ENGINE_PRIORITY normal)" if priority != "normal" else
          "engine at idle priority (QA_ENGINE_PRIORITY idle)", kw,
          {**env, PRIORITY_ENV: "normal" if priority != "normal" else "idle"}),
+        ("OpenMP waits passive (OMP_WAIT_POLICY PASSIVE, no spinning)", kw,
+         {**{k: v for k, v in env.items() if k != "GOMP_SPINCOUNT"}, "OMP_WAIT_POLICY": "PASSIVE"}),
         ("max_num_seqs 64, max_num_batched_tokens 4096", {**kw, "max_num_seqs": 64, "max_num_batched_tokens": 4096},
          env),
     ]

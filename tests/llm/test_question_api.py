@@ -363,3 +363,27 @@ def test_pool_replicas_run_below_the_request_path(llm_app) -> None:
     assert all(v == [REPLICA_NICENESS] * len(v) for v in pools.values()), pools
     assert all(v == [0] * len(v) for v in ingress.values()), ingress
     assert engines and set(engines) == {os.SCHED_IDLE}, engines
+
+
+def test_engine_processes_carry_the_pools_openmp_settings(llm_app) -> None:
+    """The CPU pool's OpenMP settings reach the processes that run OpenMP:
+    vLLM spawns its engine core and workers, and a setting lost on the way
+    (Ray's worker env, the replica's, vLLM's own configure_omp_envs) would
+    leave libgomp's defaults in place without a trace. Read from the real
+    llm tier's engine processes."""
+    import contextlib
+
+    import psutil
+
+    from devtools.local_ray import cluster_processes
+    from tests.serve_harness import args_from_serve_config
+
+    cpu = next(p for m in args_from_serve_config()["llm"]["models"] for p in m["pools"] if p["name"] == "cpu")
+    wanted = {k: cpu["env"][k] for k in ("GOMP_SPINCOUNT",)}
+    seen: list[dict[str, str | None]] = []
+    for p in cluster_processes(llm_app.cluster_id):
+        with contextlib.suppress(psutil.Error):
+            if (p.cmdline() or [""])[0].startswith("VLLM::"):
+                env = p.environ()
+                seen.append({k: env.get(k) for k in (*wanted, "OMP_WAIT_POLICY")})
+    assert seen and all(s == {**wanted, "OMP_WAIT_POLICY": None} for s in seen), seen
