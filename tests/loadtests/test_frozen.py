@@ -89,3 +89,18 @@ def test_engine_processes_are_told_apart_by_the_title_vllm_gives_them() -> None:
         for p in (engine, other):
             p.kill()
             p.wait()
+
+
+def test_vllms_server_gets_the_pools_openmp_settings_too() -> None:
+    """The peer is measured at its best: the OpenMP waits the pool ships beat
+    libgomp's default for vLLM's own server as well, so its env carries them
+    (and every core, none reserved), not only the pool's VLLM_ variables."""
+    from loadtests.bench_vllm import best_cpu_env
+
+    env = best_cpu_env({"VLLM_CPU_KVCACHE_SPACE": "2", "GOMP_SPINCOUNT": "10000", "OMP_WAIT_POLICY": "PASSIVE",
+                        "QA_ENGINE_PRIORITY": "idle", "VLLM_CPU_NUM_OF_RESERVED_CPU": "1",
+                        "VLLM_CPU_OMP_THREADS_BIND": "node"})
+    assert env["GOMP_SPINCOUNT"] == "10000" and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert "QA_ENGINE_PRIORITY" not in env  # ours, not vLLM's
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] != "node"  # resolved to this node's CPUs
