@@ -153,6 +153,17 @@ def cluster_processes(cluster_id: str) -> list[psutil.Process]:
     return list(found.values())
 
 
+def is_engine_process(proc: psutil.Process) -> bool:
+    """A vLLM engine process (engine core or worker): they rename themselves
+    ``VLLM::EngineCore``, ``VLLM::Worker`` (setproctitle), so the title is the
+    only mark they carry (their parent is a replica, or vLLM's own server)."""
+    try:
+        argv = proc.cmdline()
+    except psutil.Error:  # gone, or not ours to read
+        return False
+    return bool(argv) and argv[0].startswith("VLLM::")
+
+
 def node_processes(node_id: str) -> list[psutil.Process]:
     """The processes of one node (``NODE_MARKER`` value), and their descendants."""
     found: dict[int, psutil.Process] = {}

@@ -45,9 +45,10 @@ from devtools.local_ray import (  # noqa: E402
     THROUGHPUT_MODE_ENV,
     WORKER_PRIORITY_ENV,
     cluster_processes,
+    is_engine_process,
 )
 from loadtests import bench_report as R  # noqa: E402
-from loadtests.bench_vllm import VllmServer, best_cpu_env, frozen, is_engine_process, run_client  # noqa: E402
+from loadtests.bench_vllm import VllmServer, best_cpu_env, frozen, run_client  # noqa: E402
 from loadtests.coldstart import cold_start, fmt_breakdown, second_replica, with_pool_override  # noqa: E402
 from loadtests.loadgen import have_wrk, run_load  # noqa: E402
 from loadtests.report import shipped_bar  # noqa: E402

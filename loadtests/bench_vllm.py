@@ -102,16 +102,6 @@ def frozen(pids: list[int]) -> Any:
                 os.kill(pid, signal.SIGCONT)
 
 
-def is_engine_process(proc: Any) -> bool:
-    """A vLLM engine process (engine core or worker): they rename themselves
-    ``VLLM::EngineCore``, ``VLLM::Worker`` (setproctitle)."""
-    try:
-        argv = proc.cmdline()
-    except Exception:  # gone, or not ours to read
-        return False
-    return bool(argv) and argv[0].startswith("VLLM::")
-
-
 def best_cpu_env(pool_env: dict[str, str]) -> dict[str, str]:
     """vLLM's server with the best CPU settings we know for this node: the
     pool's KV cache and OpenMP waits (``GOMP_SPINCOUNT``: 10000 spins also beat

@@ -11,6 +11,8 @@ import time
 
 import psutil
 
+from devtools.local_ray import is_engine_process
+
 
 def _cmdline(p: psutil.Process) -> str:
     try:
@@ -71,8 +73,8 @@ def replica_processes(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def engine_processes(root: psutil.Process) -> list[psutil.Process]:
-    """vLLM engine processes under ``root`` (they rename themselves VLLM::...)."""
-    return [p for p in descendants(root) if _cmdline(p).startswith("VLLM")]
+    """vLLM engine processes under ``root``."""
+    return [p for p in descendants(root) if is_engine_process(p)]
 
 
 def alive(p: psutil.Process) -> bool:

@@ -345,7 +345,7 @@ def test_pool_replicas_run_below_the_request_path(llm_app) -> None:
 
     import psutil
 
-    from devtools.local_ray import cluster_processes
+    from devtools.local_ray import cluster_processes, is_engine_process
     from serve_app.pool_server import REPLICA_NICENESS
 
     replicas: dict[str, list[int]] = {}
@@ -355,7 +355,7 @@ def test_pool_replicas_run_below_the_request_path(llm_app) -> None:
             title = (p.cmdline() or [""])[0]
             if title.startswith("ray::ServeReplica:"):
                 replicas.setdefault(title, []).append(os.getpriority(os.PRIO_PROCESS, p.pid))
-            elif title.startswith("VLLM::"):
+            elif is_engine_process(p):
                 engines.append(os.sched_getscheduler(p.pid))
     pools = {t: v for t, v in replicas.items() if "-pool:" in t}
     ingress = {t: v for t, v in replicas.items() if t.endswith(":Ingress")}
@@ -375,7 +375,7 @@ def test_engine_processes_carry_the_pools_openmp_settings(llm_app) -> None:
 
     import psutil
 
-    from devtools.local_ray import cluster_processes
+    from devtools.local_ray import cluster_processes, is_engine_process
     from tests.serve_harness import args_from_serve_config
 
     cpu = next(p for m in args_from_serve_config()["llm"]["models"] for p in m["pools"] if p["name"] == "cpu")
@@ -383,7 +383,7 @@ def test_engine_processes_carry_the_pools_openmp_settings(llm_app) -> None:
     seen: list[dict[str, str | None]] = []
     for p in cluster_processes(llm_app.cluster_id):
         with contextlib.suppress(psutil.Error):
-            if (p.cmdline() or [""])[0].startswith("VLLM::"):
+            if is_engine_process(p):
                 env = p.environ()
                 seen.append({k: env.get(k) for k in (*wanted, "OMP_WAIT_POLICY")})
     assert seen and all(s == {**wanted, "OMP_WAIT_POLICY": None} for s in seen), seen

@@ -71,7 +71,7 @@ def test_engine_processes_are_told_apart_by_the_title_vllm_gives_them() -> None:
     daemon or a process gone meanwhile is not one."""
     import psutil
 
-    from loadtests.bench_vllm import is_engine_process
+    from devtools.local_ray import is_engine_process
 
     code = ("import setproctitle, time; setproctitle.setproctitle('VLLM::Worker'); "
             "print('ok', flush=True); time.sleep(120)")
