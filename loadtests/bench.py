@@ -48,7 +48,7 @@ from devtools.local_ray import (  # noqa: E402
     is_engine_process,
 )
 from loadtests import bench_report as R  # noqa: E402
-from loadtests.bench_vllm import VllmServer, best_cpu_env, frozen, run_client  # noqa: E402
+from loadtests.bench_vllm import BenchClient, VllmServer, best_cpu_env, frozen  # noqa: E402
 from loadtests.coldstart import cold_start, fmt_breakdown, second_replica, with_pool_override  # noqa: E402
 from loadtests.loadgen import have_wrk, run_load  # noqa: E402
 from loadtests.report import shipped_bar  # noqa: E402
@@ -821,7 +821,8 @@ class Bench:
             # HAProxy and our idle replicas keep running beside vLLM's server.
             return frozen([q.pid for q in cluster_processes(cluster.cluster_id) if is_engine_process(q)])
 
-        with VllmServer(model_path(), model_id, pool["engine_kwargs"], env) as server:
+        # The client imports while vLLM's server starts: one process for every run.
+        with BenchClient() as client, VllmServer(model_path(), model_id, pool["engine_kwargs"], env) as server:
             self.res["peer_vllm_server"] = {"ready_s": server.ready_s, "env": env, "alternated": True,
                                             "engine_kwargs": pool["engine_kwargs"], "argv": server.args[1:]}
             say(f"  vLLM server healthy after {server.ready_s:.1f}s ({env})")
@@ -832,15 +833,15 @@ class Bench:
             self.res["peer_vllm_beside_ray"] = beside
             for i in range(p.reps):
                 with frozen(server.pids()):
-                    ours.append(run_client(url, model_id, model_path(), p.peer_workload, seed=i))
+                    ours.append(client.run(url, model_id, model_path(), p.peer_workload, seed=i))
                 with ours_frozen():
-                    theirs.append(run_client(server.url, model_id, model_path(), p.peer_workload, seed=i))
+                    theirs.append(client.run(server.url, model_id, model_path(), p.peer_workload, seed=i))
                 # Where the gap lies: the same server with our cluster's
                 # processes running idle beside it (our engine frozen): what
                 # a Ray cluster's presence on the cores costs any engine,
                 # apart from what our request path adds.
                 with our_engine_frozen():
-                    beside.append(run_client(server.url, model_id, model_path(), p.peer_workload, seed=i))
+                    beside.append(client.run(server.url, model_id, model_path(), p.peer_workload, seed=i))
                 say(f"  pair {i + 1}: ours {ours[-1]['output_throughput']:.1f}, "
                     f"vLLM's server {theirs[-1]['output_throughput']:.1f} tok/s "
                     f"(beside our idle Ray cluster {beside[-1]['output_throughput']:.1f})")
@@ -988,6 +989,11 @@ def main() -> int:
     ap.add_argument("--autoscaling", action="store_true",
                     help="also run issue 15's autoscaling scenario (~8 min; `make test-autoscaling` and "
                          "`python loadtests/autoscaling.py` run it on their own)")
+    ap.add_argument("--proxy-modes", action="store_true",
+                    help="also the users path in Serve's other proxy modes (HAProxy on 1 thread with a log buffer "
+                         "of 100; throughput-optimized without HAProxy), each on its own cluster, and the "
+                         "in-process engine's streaming TTFT beside an idle cluster (~4-5 min; off by default to "
+                         "keep `make bench` near 20 minutes)")
     ap.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra env for the CPU pool's engine, in Serve and direct alike (repeatable)")
     ns = ap.parse_args()
@@ -1017,7 +1023,7 @@ def main() -> int:
             bench.step("phase serve users-only", lambda: bench.serve_users_phase(env_vars))
         if "direct" not in skip:
             bench.step("phase direct", bench.direct_phase)
-        if "proxy" not in skip:
+        if ns.proxy_modes and "proxy" not in skip:
             # The serve phase ran the default (throughput-optimized + HAProxy);
             # these are the alternatives it is measured against (Serve's default
             # HTTP proxy measured 0.07-0.08 of uvicorn in earlier runs: dropped

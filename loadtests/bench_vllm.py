@@ -40,45 +40,125 @@ PY = REPO / ".venv" / "bin" / "python"
 WORKLOAD = {"input_len": 64, "output_len": 32, "num_prompts": 96, "concurrency": 32}
 QUICK_WORKLOAD = {"input_len": 64, "output_len": 16, "num_prompts": 32, "concurrency": 16}
 
-_CLIENT = """
-import json, sys
+# One client process serves every run of a bench (``BenchClient``): importing
+# vllm.benchmarks.serve takes about 10 s of CPU (10.7 s wall on a 2-core Intel
+# Xeon, 2026-12-01), which the bench paid once per run, 9 runs per bench. A
+# run is a line of JSON on its stdin (the CLI's argv and a result file); the
+# process writes the result there and then prints DONE_MARK, so whatever the
+# client prints itself (its result table, warnings) stays out of the protocol.
+DONE_MARK = "@@bench-client-run-done@@"
+_CLIENT = f"""
+import json, sys, traceback
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.benchmarks.serve import add_cli_args, main
-p = FlexibleArgumentParser()
-add_cli_args(p)
-res = main(p.parse_args(sys.argv[2:]))
-keep = {k: v for k, v in (res or {}).items() if isinstance(v, (int, float, str, bool)) or v is None}
-open(sys.argv[1], "w").write(json.dumps(keep))
+print({DONE_MARK!r}, flush=True)  # imported: ready for runs
+for line in sys.stdin:
+    req = json.loads(line)
+    try:
+        p = FlexibleArgumentParser()
+        add_cli_args(p)
+        res = main(p.parse_args(req["argv"]))
+        keep = {{k: v for k, v in (res or {{}}).items() if isinstance(v, (int, float, str, bool)) or v is None}}
+        out = {{"result": keep}}
+    except BaseException as exc:  # one failed run must not end the client
+        out = {{"error": traceback.format_exc()[-3000:]}}
+    open(req["out"], "w").write(json.dumps(out))
+    print({DONE_MARK!r}, flush=True)
 """
 
 KEYS = ("completed", "failed", "duration", "output_throughput", "request_throughput", "total_token_throughput",
         "median_ttft_ms", "mean_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "median_itl_ms", "median_e2el_ms")
 
 
-def run_client(base_url: str, model_id: str, tokenizer: str, workload: dict[str, int], seed: int = 0,
-               timeout_s: float = 900) -> dict[str, Any]:
-    """One run of vLLM's benchmark client (openai-chat backend, random
-    dataset: ignore_eos, so every answer is output_len tokens)."""
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "result.json"
-        cmd = [str(PY), "-c", _CLIENT, str(out),
-               "--backend", "openai-chat", "--base-url", base_url, "--endpoint", "/v1/chat/completions",
-               "--model", model_id, "--tokenizer", tokenizer,
-               "--dataset-name", "random", "--random-input-len", str(workload["input_len"]),
-               "--random-output-len", str(workload["output_len"]), "--num-prompts", str(workload["num_prompts"]),
-               "--max-concurrency", str(workload["concurrency"]), "--seed", str(seed),
-               "--temperature", "0", "--ignore-eos", "--disable-tqdm", "--ready-check-timeout-sec", "120"]
+def client_argv(base_url: str, model_id: str, tokenizer: str, workload: dict[str, int], seed: int) -> list[str]:
+    """The client's CLI arguments: openai-chat backend, random dataset with
+    ignore_eos, so every answer is output_len tokens."""
+    return ["--backend", "openai-chat", "--base-url", base_url, "--endpoint", "/v1/chat/completions",
+            "--model", model_id, "--tokenizer", tokenizer,
+            "--dataset-name", "random", "--random-input-len", str(workload["input_len"]),
+            "--random-output-len", str(workload["output_len"]), "--num-prompts", str(workload["num_prompts"]),
+            "--max-concurrency", str(workload["concurrency"]), "--seed", str(seed),
+            "--temperature", "0", "--ignore-eos", "--disable-tqdm", "--ready-check-timeout-sec", "120"]
+
+
+class BenchClient:
+    """vLLM's benchmark client in one child process for every run (see
+    DONE_MARK). Not frozen with the servers: the bench's freezing is by pid."""
+
+    def __init__(self, start_timeout_s: float = 300) -> None:
+        import queue
+        import threading
+
+        self._dir = tempfile.TemporaryDirectory()
+        self.proc = subprocess.Popen([str(PY), "-u", "-c", _CLIENT], cwd=REPO, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._until_done(start_timeout_s)
+        self.runs = 0
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _until_done(self, timeout_s: float) -> str:
+        """The client's output up to its next DONE_MARK."""
+        import queue
+
+        out: list[str] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError(f"vLLM benchmark client silent for {timeout_s:.0f} s: {''.join(out)[-1500:]}") \
+                    from None
+            if line is None:
+                raise RuntimeError(f"vLLM benchmark client exited ({self.proc.wait()}): {''.join(out)[-3000:]}")
+            if line.strip() == DONE_MARK:
+                return "".join(out)
+            out.append(line)
+
+    def run(self, base_url: str, model_id: str, tokenizer: str, workload: dict[str, int], seed: int = 0,
+            timeout_s: float = 900) -> dict[str, Any]:
+        """One run of the client; the result's KEYS, its wall time and whether
+        the client fell back from /tokenize."""
+        assert self.proc.stdin is not None
+        self.runs += 1
+        out = Path(self._dir.name) / f"result-{self.runs}.json"
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)})
-        if proc.returncode != 0 or not out.exists():
-            raise RuntimeError(f"vLLM benchmark client failed ({proc.returncode}): {proc.stdout[-1500:]}\n"
-                               f"{proc.stderr[-3000:]}")
+        self.proc.stdin.write(json.dumps({"argv": client_argv(base_url, model_id, tokenizer, workload, seed),
+                                          "out": str(out)}) + "\n")
+        self.proc.stdin.flush()
+        printed = self._until_done(timeout_s)
         raw = json.loads(out.read_text())
-    res = {k: raw.get(k) for k in KEYS}
-    res["wall_s"] = time.monotonic() - t0
-    res["tokenize_404_fallback"] = "/tokenize unavailable" in proc.stdout
-    return res
+        if "error" in raw:
+            raise RuntimeError(f"vLLM benchmark client failed: {printed[-1500:]}\n{raw['error']}")
+        res = {k: raw["result"].get(k) for k in KEYS}
+        res["wall_s"] = time.monotonic() - t0
+        res["tokenize_404_fallback"] = "/tokenize unavailable" in printed
+        return res
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._dir.cleanup()
+
+    def __enter__(self) -> BenchClient:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
 
 
 @contextlib.contextmanager
@@ -189,15 +269,16 @@ def main() -> int:
     ns = ap.parse_args()
     model_id = args_from_serve_config()["llm"]["default_model"]
     workload = QUICK_WORKLOAD if ns.quick else WORKLOAD
-    if ns.url:
-        for i in range(ns.runs):
-            print(json.dumps(run_client(ns.url, model_id, model_path(), workload, seed=i)))
-    if ns.vllm_server:
-        pool = cpu_pool()
-        with VllmServer(model_path(), model_id, pool["engine_kwargs"], best_cpu_env(pool["env"])) as s:
-            print(f"vLLM server healthy after {s.ready_s:.1f} s")
+    with BenchClient() as client:
+        if ns.url:
             for i in range(ns.runs):
-                print(json.dumps(run_client(s.url, model_id, model_path(), workload, seed=i)))
+                print(json.dumps(client.run(ns.url, model_id, model_path(), workload, seed=i)))
+        if ns.vllm_server:
+            pool = cpu_pool()
+            with VllmServer(model_path(), model_id, pool["engine_kwargs"], best_cpu_env(pool["env"])) as s:
+                print(f"vLLM server healthy after {s.ready_s:.1f} s")
+                for i in range(ns.runs):
+                    print(json.dumps(client.run(s.url, model_id, model_path(), workload, seed=i)))
     return 0
 
 

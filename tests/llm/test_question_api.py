@@ -387,3 +387,27 @@ def test_engine_processes_carry_the_pools_openmp_settings(llm_app) -> None:
                 env = p.environ()
                 seen.append({k: env.get(k) for k in (*wanted, "OMP_WAIT_POLICY")})
     assert seen and all(s == {**wanted, "OMP_WAIT_POLICY": None} for s in seen), seen
+
+
+def test_one_bench_client_process_serves_every_run(llm_app, tmp_path) -> None:
+    """vLLM's benchmark client as `make bench` runs it: one process for every
+    run (loadtests/bench_vllm.py BenchClient), here on our /v1 to the real
+    engine. Two runs each complete every prompt, from the same pid; a run
+    that fails (a tokenizer path that does not exist) raises with the
+    client's traceback and leaves the process serving the next run."""
+    from loadtests.bench import model_path
+    from loadtests.bench_vllm import BenchClient
+
+    tiny = {"input_len": 16, "output_len": 4, "num_prompts": 4, "concurrency": 2}
+    with BenchClient() as client:
+        pid = client.proc.pid
+        runs = [client.run(llm_app.url, DEFAULT_MODEL_ID, model_path(), tiny, seed=i) for i in range(2)]
+        for r in runs:
+            assert r["completed"] == 4 and r["failed"] == 0, r
+            assert r["output_throughput"] > 0 and r["median_ttft_ms"] > 0 and r["wall_s"] > 0, r
+        assert client.proc.pid == pid and client.proc.poll() is None
+        with pytest.raises(RuntimeError, match="vLLM benchmark client failed"):
+            client.run(llm_app.url, DEFAULT_MODEL_ID, str(tmp_path / "no-tokenizer"), tiny)
+        again = client.run(llm_app.url, DEFAULT_MODEL_ID, model_path(), tiny, seed=3)
+        assert again["completed"] == 4 and client.proc.pid == pid
+    assert client.proc.poll() is not None  # closed with the block
