@@ -51,7 +51,7 @@ from loadtests import bench_report as R  # noqa: E402
 from loadtests.bench_vllm import BenchClient, VllmServer, best_cpu_env, frozen  # noqa: E402
 from loadtests.coldstart import cold_start, fmt_breakdown, second_replica, with_pool_override  # noqa: E402
 from loadtests.loadgen import have_wrk, run_load  # noqa: E402
-from loadtests.report import shipped_bar  # noqa: E402
+from loadtests.report import engine_rows, shipped_bar  # noqa: E402
 from serve_app.llm import resolve_model_source  # noqa: E402
 from tests.conftest import REDIS_URL, create_database, drop_database, drop_prefix, pg_dsn  # noqa: E402
 from tests.serve_harness import LocalRay  # noqa: E402
@@ -663,7 +663,8 @@ class Bench:
         for name, kwargs, env in engine_candidates(cpu_pool()):
             row: dict[str, Any] = {"name": name, "engine_kwargs": kwargs, "env": env}
             try:
-                reps = row["llm_reps"] = deploy_and_measure(row, shipped_bar(out))
+                reps = row["llm_reps"] = deploy_and_measure(
+                    row, shipped_bar(engine_rows({**self.res, "engine_settings": out})))
                 row["llm"] = sorted(reps, key=lambda r: r.get("tokens_per_s") or 0)[len(reps) // 2]
                 # What one user waits for the first token on this candidate (reported, not a criterion).
                 row["ttft_1"] = llm_summary(asyncio.run(ask_load(cluster.url, p, 1, p.ttft_requests[1], stream=True,

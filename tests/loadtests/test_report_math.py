@@ -214,6 +214,34 @@ def test_an_engine_lead_within_the_repeats_spread_keeps_the_shipped_setting() ->
     assert engine_verdict(res["engine_settings"]) == ("MISS", "bigger batch")
 
 
+def test_the_shipped_settings_isolation_counts_goal_row_7s_runs_of_it() -> None:
+    """Row 7's isolation runs measured the shipped setting in the same cluster,
+    so row 10 judges the shipped setting on all of its samples: one 2.17 of its
+    own against row 7's 0.44, 1.22, 1.12 (2026-12-02, Intel) must not hand
+    row 10 to a candidate slower by median. Candidates keep their one sample."""
+    from loadtests.report import engine_rows, engine_verdict, shipped_bar, write_report
+
+    res = _results()
+    res["engine_settings"][0]["isolation"]["p99_ratio"] = 2.17
+    assert engine_verdict(engine_rows(res)) == ("MISS", "bigger batch")  # no row 7 runs: its own sample
+    alone, busy = {"rps": 800.0, "p50_ms": 4.0, "p99_ms": 10.0}, {"rps": 700.0, "p50_ms": 5.0, "p99_ms": 15.0}
+    res["isolation"] = {"alone": alone, "llm_saturated": busy, "p99_ratio": 1.12, "p50_ratio": 1.25,
+                        "reps_p99_ratio": [0.44, 1.22, 1.12]}
+    rows = engine_rows(res)
+    assert rows[0]["isolation"]["p99_ratio"] == pytest.approx(1.17)
+    assert rows[0]["isolation"]["p99_ratio_samples"] == [2.17, 0.44, 1.22, 1.12]
+    assert res["engine_settings"][0]["isolation"]["p99_ratio"] == 2.17  # the results are not rewritten
+    assert rows[1:] == res["engine_settings"][1:]
+    assert engine_verdict(rows) == ("PASS", "shipped")
+    assert shipped_bar(rows) == 200.0
+    md = write_report(res, [])
+    assert "| shipped | serve_config.yaml ships it | PASS |" in md
+    assert "| 1.17 (median of this 2.17 and row 7's 0.44, 1.22, 1.12) |" in md
+    # row 7's runs of it failing too: it fails, and the fastest that passes wins
+    res["isolation"]["reps_p99_ratio"] = [2.5, 2.6, 1.9]
+    assert engine_verdict(engine_rows(res)) == ("MISS", "bigger batch")
+
+
 def test_a_candidate_sample_at_or_below_the_shipped_bar_cannot_displace_it() -> None:
     """The bench stops sampling a candidate once one of its samples is at or
     below ``shipped_bar``: whatever its other samples would have been, the
