@@ -18,6 +18,7 @@ import pytest
 from devtools.provision import is_provisioned, provision_model
 from serve_app.config import DEFAULT_MODEL_ID
 from tests.conftest import REDIS_URL
+from tests.loadtests.conftest import locust_bin  # noqa: F401  (the locustfile's LLM journeys run here)
 from tests.serve_harness import REPO, args_from_serve_config
 
 MODEL_DIR = REPO / "models" / "SmolLM2-135M-Instruct"

@@ -411,3 +411,23 @@ def test_one_bench_client_process_serves_every_run(llm_app, tmp_path) -> None:
         again = client.run(llm_app.url, DEFAULT_MODEL_ID, model_path(), tiny, seed=3)
         assert again["completed"] == 4 and client.proc.pid == pid
     assert client.proc.poll() is not None  # closed with the block
+
+
+def test_locustfiles_question_journeys_pass_on_the_real_engine(llm_app, locust_bin, session_api_key,
+                                                               tmp_path) -> None:
+    """The locustfile's LLM journeys, headless and short, against this tier's
+    app on the real engine, as users run it (API keys on the users routes:
+    each simulated user creates its user first). They were in tests/loadtests
+    before, on an app that tier could only borrow from this module's scope, so
+    they never ran."""
+    from tests.loadtests.test_locust_smoke import run_locust
+
+    proc, stats = run_locust(locust_bin, llm_app.url, tmp_path, "--tags", "llm", users=2, seconds=8,
+                             env={"LOADTEST_MAX_TOKENS": "8", "LOADTEST_P95_MS": "/question=60000",
+                                  "LOADTEST_API_KEY": session_api_key})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    ran = [name for name in stats if "/question" in name]
+    assert ran, f"no question journey ran: {sorted(stats)}"
+    for name in ran:
+        assert int(stats[name]["Request Count"]) > 0 and int(stats[name]["Failure Count"]) == 0, stats[name]

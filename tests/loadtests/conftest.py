@@ -1,6 +1,6 @@
-"""Fixtures of the load-test smoke tests: the load-test venv, a plain-uvicorn
-stack on its own database and Redis prefix, and the LLM stack of the session
-when the llm tier already deployed one (never started here: too costly)."""
+"""Fixtures of the load-test smoke tests: the load-test venv and a plain-uvicorn
+stack on its own database and Redis prefix. The locustfile's LLM journeys run
+in the llm tier (tests/llm/test_question_api.py), on the LLM app it deploys."""
 
 from __future__ import annotations
 
@@ -42,24 +42,3 @@ def uvicorn_stack() -> Iterator[str]:
     finally:
         asyncio.run(drop_database(name))
         asyncio.run(drop_prefix(prefix))
-
-
-@pytest.fixture
-def session_llm_stack(request: pytest.FixtureRequest):
-    """The `llm_app` of tests/llm when this session already deployed it, else skip.
-
-    tests/llm's fixtures are not visible from here and requesting a copy would
-    deploy a second LLM app; so this looks the instance up in pytest's cache.
-    """
-    manager = request._fixturemanager
-    fixture_defs = []
-    by_node = getattr(manager, "_arg2node2fixturedefs", {}).get("llm_app", {})  # pytest >= 9
-    for defs in by_node.values():
-        fixture_defs.extend(defs)
-    fixture_defs.extend(getattr(manager, "_arg2fixturedefs", {}).get("llm_app", []))  # older pytest
-    for fixture_def in fixture_defs:
-        cached = getattr(fixture_def, "cached_result", None)
-        if cached and cached[0] is not None:
-            return cached[0]
-    pytest.skip("no LLM stack in this session (run with tests/llm first: "
-                "pytest tests/llm tests/loadtests)")
